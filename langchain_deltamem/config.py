@@ -1,0 +1,298 @@
+"""`DeltaMemConfig`: every choice that shapes a δ-mem adapter, validated once.
+
+The config is the first link in the data flow (config → memory state → scan → layer →
+injection). It is serialised in two dialects: the project's own JSON (``adapter_config.json``,
+``to_json``/``from_json``) and the reference implementation's ``delta_mem_config.json``
+(``to_reference_dict``/``from_reference_dict``, see ``docs`` §4 of DELTAMEM.md).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Head = Literal["q", "k", "v", "o"]
+UpdateMode = Literal["standard", "gated", "plain"]
+OutputInit = Literal["zero", "base_slice"]
+WriteGranularity = Literal["token", "segment"]
+
+CONFIG_FORMAT = "langchain-deltamem/config"
+CONFIG_VERSION = 1
+_HEAD_ORDER = ("q", "k", "v", "o")
+
+
+class DeltaMemConfig(BaseModel):
+    """Hyper-parameters of a δ-mem adapter.
+
+    Attributes mirror DELTAMEM.md §1–2. A config is immutable once built so that an attached
+    adapter can never drift from the config it was built with.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int = Field(8, ge=1, le=256, description="Rows/columns r of each state matrix.")
+    alpha: float = Field(16.0, gt=0, description="Correction scale numerator: scale = alpha/rank.")
+    heads: tuple[Head, ...] = Field(
+        ("q", "o"), description="Attention seams that receive a low-rank correction."
+    )
+    update_mode: UpdateMode = Field(
+        "standard",
+        description="standard: (1-β)S + β(v - Sk)kᵀ; gated: (1-β)S(I - βkkᵀ) + βvkᵀ; "
+        "plain: S + β(v - Sk)kᵀ.",
+    )
+    rankwise_gates: bool = Field(True, description="One write gate per state row (else per state).")
+    beta_bias_init: float = Field(-1.5, description="Initial gate bias; σ(-1.5) ≈ 0.18.")
+    output_init: OutputInit = Field(
+        "base_slice",
+        description="zero: correction heads start at 0; base_slice: first r columns copy the "
+        "frozen q_proj/o_proj columns (L2-normalised, times output_init_scale).",
+    )
+    output_init_scale: float = Field(0.05, ge=0)
+    num_states: int = Field(1, ge=1, le=64, description="States per layer H (> 1 for MSW).")
+    write_granularity: WriteGranularity = Field(
+        "segment",
+        description="token = TSW (every token writes); segment = SSW (one write per segment).",
+    )
+    target_layers: tuple[int, ...] | None = Field(
+        None, description="Decoder layer indices to wrap; None wraps every attention layer."
+    )
+
+    @field_validator("heads", mode="before")
+    @classmethod
+    def _canonical_heads(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = tuple(value.replace(",", ""))
+        heads = tuple(value)
+        unknown = [h for h in heads if h not in _HEAD_ORDER]
+        if unknown:
+            raise ValueError(f"heads: unknown head(s) {unknown}; choose from q, k, v, o")
+        if not heads:
+            raise ValueError("heads: at least one of q, k, v, o is required")
+        if len(set(heads)) != len(heads):
+            raise ValueError(f"heads: duplicates in {list(heads)}")
+        return tuple(h for h in _HEAD_ORDER if h in heads)
+
+    @field_validator("target_layers", mode="before")
+    @classmethod
+    def _sorted_layers(cls, value: Any) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        layers = tuple(int(i) for i in value)
+        if not layers:
+            raise ValueError("target_layers: empty; use None to wrap every layer")
+        if any(i < 0 for i in layers):
+            raise ValueError(f"target_layers: negative index in {list(layers)}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"target_layers: duplicates in {list(layers)}")
+        return tuple(sorted(layers))
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> DeltaMemConfig:
+        if self.output_init == "base_slice" and not {"q", "o"} & set(self.heads):
+            raise ValueError(
+                "output_init='base_slice' needs the q or o head; use output_init='zero'"
+            )
+        return self
+
+    # --- derived quantities -------------------------------------------------------------
+    @property
+    def scale(self) -> float:
+        """Multiplier of every correction: alpha / rank (not divided by the number of states)."""
+        return self.alpha / self.rank
+
+    @property
+    def state_rows(self) -> int:
+        """R = rank × num_states: width of the concatenated read vector."""
+        return self.rank * self.num_states
+
+    @property
+    def gate_rows(self) -> int:
+        """Number of write gates per token: one per state row, or one per state."""
+        return self.state_rows if self.rankwise_gates else self.num_states
+
+    @property
+    def strategy(self) -> str:
+        """Short name of the write strategy: TSW, SSW, or MSW-TSW / MSW-SSW."""
+        base = "TSW" if self.write_granularity == "token" else "SSW"
+        return base if self.num_states == 1 else f"MSW-{base}"
+
+    # --- own JSON -----------------------------------------------------------------------
+    def to_json_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe dict tagged with format and version."""
+        body = self.model_dump(mode="json")
+        return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, **body}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_json_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> DeltaMemConfig:
+        """Build from the project's JSON; refuses other formats and newer versions."""
+        if not isinstance(data, dict):
+            raise ValueError(f"DeltaMemConfig JSON must be an object, got {type(data).__name__}")
+        data = dict(data)
+        fmt = data.pop("format", None)
+        version = data.pop("version", None)
+        if fmt != CONFIG_FORMAT:
+            raise ValueError(f"not a langchain-deltamem config: format={fmt!r}")
+        if not isinstance(version, int) or version > CONFIG_VERSION or version < 1:
+            raise ValueError(
+                f"unsupported config version {version!r}; this package reads 1..{CONFIG_VERSION}"
+            )
+        return cls.model_validate(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> DeltaMemConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"DeltaMemConfig JSON is not valid JSON: {err}") from err
+        return cls.from_json_dict(data)
+
+    # --- reference dialect (delta_mem_config.json) --------------------------------------
+    @classmethod
+    def from_reference_dict(cls, data: dict[str, Any]) -> DeltaMemConfig:
+        """Translate the reference's ``delta_mem_config.json``.
+
+        Options that change the maths and that this package does not implement are refused by
+        name instead of being ignored, so a loaded adapter always computes what it was trained to.
+        """
+        if not isinstance(data, dict):
+            raise ValueError("delta_mem_config.json must hold a JSON object")
+        unknown = sorted(set(data) - set(_REFERENCE_DEFAULTS))
+        if unknown:
+            raise ValueError(f"delta_mem_config.json: unknown field(s) {unknown}")
+        merged = {**_REFERENCE_DEFAULTS, **data}
+        for name, required in _REFERENCE_FIXED.items():
+            value = merged[name]
+            if isinstance(required, tuple):
+                value = tuple(value) if isinstance(value, list) else value
+            if value != required:
+                raise ValueError(
+                    f"delta_mem_config.json: {name}={merged[name]!r} is not supported "
+                    f"(only {required!r})"
+                )
+        granularity = merged["memory_write_granularity"]
+        if granularity not in _REFERENCE_GRANULARITY:
+            raise ValueError(
+                f"delta_mem_config.json: memory_write_granularity={granularity!r} is not "
+                f"supported; use one of {sorted(_REFERENCE_GRANULARITY)}"
+            )
+        mode = merged["state_update_mode"]
+        if mode not in _REFERENCE_MODES:
+            raise ValueError(
+                f"delta_mem_config.json: state_update_mode={mode!r}; expected one of "
+                f"{sorted(_REFERENCE_MODES)}"
+            )
+        heads = merged["delta_heads"]
+        if isinstance(heads, str):
+            heads = () if heads.strip().lower() == "none" else heads.split(",")
+        return cls(
+            rank=merged["rank"],
+            alpha=merged["alpha"],
+            heads=tuple(h.strip() for h in heads),
+            update_mode=_REFERENCE_MODES[mode],
+            rankwise_gates=merged["rankwise_gates"],
+            beta_bias_init=merged["beta_bias_init"],
+            output_init="zero" if merged["output_init"] == "zero" else "base_slice",
+            output_init_scale=merged["online_gain"],
+            num_states=merged["num_state_heads"],
+            write_granularity=_REFERENCE_GRANULARITY[granularity],
+            target_layers=tuple(merged["target_layers"]) or None,
+        )
+
+    def to_reference_dict(self) -> dict[str, Any]:
+        """The reference's ``delta_mem_config.json`` body for this config (every field)."""
+        modes = {ours: theirs for theirs, ours in _REFERENCE_MODES.items()}
+        granularity = {ours: theirs for theirs, ours in _REFERENCE_GRANULARITY.items()}
+        data = dict(_REFERENCE_DEFAULTS)
+        data.update(
+            rank=self.rank,
+            alpha=self.alpha,
+            beta_bias_init=self.beta_bias_init,
+            state_update_mode=modes[self.update_mode],
+            rankwise_gates=self.rankwise_gates,
+            output_init="zero" if self.output_init == "zero" else "base_slice_fixed",
+            base_slice_ref_width=self.rank,
+            online_gain=self.output_init_scale,
+            num_state_heads=self.num_states,
+            memory_write_granularity=granularity[self.write_granularity],
+            target_layers=list(self.target_layers or ()),
+            delta_heads=list(self.heads),
+        )
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+_REFERENCE_MODES = {"standard": "standard", "lambda_outside": "gated", "no_lambda": "plain"}
+_REFERENCE_GRANULARITY = {"token": "token", "message_mean": "segment"}
+
+# Every field the reference writes, with its default (facts from reading the reference).
+_REFERENCE_DEFAULTS: dict[str, Any] = {
+    "rank": 8,
+    "alpha": 16.0,
+    "beta_bias_init": -1.5,
+    "normalize_qk": True,
+    "couple_lambda": True,
+    "state_update_mode": "standard",
+    "rankwise_gates": True,
+    "output_init": "zero",
+    "base_slice_ref_width": 8,
+    "online_gain": 0.05,
+    "num_state_heads": 1,
+    "num_memory_partitions": 1,
+    "num_global_memory_partitions": 0,
+    "memory_partition_routing": "soft",
+    "memory_partition_basis": "shared",
+    "tie_memory_partition_read_write": False,
+    "memory_partition_read_mode": "softmax",
+    "memory_partition_sigmoid_gate_bias_init": -2.0,
+    "slot_read_top_k": 0,
+    "global_memory_mode": "shared_rw",
+    "global_memory_read_top_k": 0,
+    "global_memory_merge_mode": "gated_residual",
+    "global_memory_gate_bias_init": -2.0,
+    "global_memory_read_logit_bias": 0.0,
+    "memory_reader_layers": (),
+    "memory_reader_hidden_size": 1024,
+    "memory_reader_residual_scale": 0.1,
+    "memory_reader_read_only": True,
+    "memory_readout_mode": "delta",
+    "memory_write_source": "learned_hidden",
+    "memory_write_granularity": "token",
+    "memory_write_proposals_per_message": 2,
+    "synthetic_memory_slots": 1,
+    "latent_memory_layers": (),
+    "latent_memory_hidden_size": 1024,
+    "latent_memory_residual_scale": 0.1,
+    "latent_memory_slots": 4,
+    "latent_memory_init_std": 0.002,
+    "latent_gate_init": 0.01,
+    "target_modules": ("self_attn",),
+    "target_layers": (),
+    "delta_heads": ("q", "k", "v", "o"),
+    "delta_o_rmsnorm": False,
+    "delta_o_rmsnorm_eps": 1e-6,
+    "trainable_delta_scale": False,
+    "delta_scale_init": 1.0,
+    "delta_scale_max": 2.0,
+    "delta_scale_granularity": "layer",
+    "delta_scale_parameterization": "alpha_over_rank",
+}
+
+# Fields whose other values change the maths in ways this package does not implement
+# (the reference's archived options, uncoupled λ, the o-head RMSNorm, a trainable scale).
+_REFERENCE_FIXED: dict[str, Any] = {
+    "normalize_qk": True,
+    "couple_lambda": True,
+    "num_memory_partitions": 1,
+    "num_global_memory_partitions": 0,
+    "memory_reader_layers": (),
+    "latent_memory_layers": (),
+    "memory_readout_mode": "delta",
+    "memory_write_source": "learned_hidden",
+    "target_modules": ("self_attn",),
+    "delta_o_rmsnorm": False,
+    "trainable_delta_scale": False,
+}
