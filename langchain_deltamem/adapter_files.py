@@ -1,0 +1,240 @@
+"""Adapter files: the project's format (safetensors + JSON) and the reference's format.
+
+Own format, a directory with
+
+* ``adapter_config.json``: ``{"format", "version", "config": DeltaMemConfig, "backbone": ...}``
+* ``adapter_model.safetensors``: fp32 tensors named ``<attention path>.<parameter>``.
+
+Reference format (DELTAMEM.md §4), a directory with ``delta_mem_config.json`` and
+``delta_mem_adapter.pt``, a ``torch.save``d dict of tensors read with ``weights_only=True``
+(never a plain unpickle). Loading either is strict: every tensor the model needs must be there
+with its exact shape and finite values, and nothing else may be, or nothing is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import DeltaMemConfig
+from .injection import DeltaMem, attach
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+REFERENCE_CONFIG_FILE = "delta_mem_config.json"
+REFERENCE_WEIGHTS_FILE = "delta_mem_adapter.pt"
+ADAPTER_FORMAT = "langchain-deltamem/adapter"
+ADAPTER_VERSION = 1
+_HEADS = ("q", "k", "v", "o")
+
+
+class AdapterFileError(ValueError):
+    """An adapter directory that is missing files, corrupt, or does not fit the model."""
+
+
+def save_adapter(
+    handle: DeltaMem,
+    directory: str | os.PathLike[str],
+    *,
+    format: Literal["own", "reference"] = "own",
+) -> Path:
+    """Write the adapter of ``handle`` to ``directory`` (created if needed).
+
+    Files are written to temporary names and renamed, so a crash never leaves a half-written
+    adapter under the final name.
+    """
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in handle.adapter_state_dict().items()}
+    if format == "own":
+        fingerprint = handle.fingerprint()
+        body = {
+            "format": ADAPTER_FORMAT,
+            "version": ADAPTER_VERSION,
+            "config": handle.config.to_json_dict(),
+            "backbone": {
+                "model_type": getattr(getattr(handle.model, "config", None), "model_type", None),
+                "fingerprint": fingerprint.split("/")[0].removeprefix("backbone:"),
+            },
+        }
+        _atomic_write(path / ADAPTER_WEIGHTS_FILE, lambda f: save_file(tensors, f))
+        _atomic_write(path / ADAPTER_CONFIG_FILE, lambda f: Path(f).write_text(_dumps(body)))
+    elif format == "reference":
+        rows = handle.config.state_rows
+        for layer_id in handle.layer_ids:  # the reference stores every head, zeros when inactive
+            attention = handle.model.get_submodule(handle.paths[layer_id])
+            for head in _HEADS:
+                if head not in handle.config.heads:
+                    width = _unwrap(getattr(attention, f"{head}_proj")).out_features
+                    name = f"{handle.paths[layer_id]}.delta_{head}_proj"
+                    tensors[name] = torch.zeros(width, rows)
+        body = handle.config.to_reference_dict()
+        _atomic_write(path / REFERENCE_WEIGHTS_FILE, lambda f: torch.save(tensors, f))
+        _atomic_write(path / REFERENCE_CONFIG_FILE, lambda f: Path(f).write_text(_dumps(body)))
+    else:
+        raise ValueError(f"adapter format {format!r}; expected 'own' or 'reference'")
+    return path
+
+
+def read_adapter(
+    directory: str | os.PathLike[str],
+) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Parse an adapter directory of either format without touching any model.
+
+    Returns:
+        ``(config, tensors, info)`` where ``info`` holds ``format`` ("own"/"reference") and,
+        for the own format, the backbone record.
+    """
+    path = Path(directory)
+    if not path.is_dir():
+        raise AdapterFileError(f"adapter directory {str(path)!r} does not exist")
+    if (path / ADAPTER_CONFIG_FILE).exists():
+        return _read_own(path)
+    if (path / REFERENCE_CONFIG_FILE).exists():
+        return _read_reference(path)
+    raise AdapterFileError(
+        f"{str(path)!r} holds no adapter: expected {ADAPTER_CONFIG_FILE} + {ADAPTER_WEIGHTS_FILE} "
+        f"or {REFERENCE_CONFIG_FILE} + {REFERENCE_WEIGHTS_FILE}"
+    )
+
+
+def load_adapter(
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    allow_other_backbone: bool = False,
+) -> DeltaMem:
+    """Attach the adapter stored in ``directory`` to ``model`` and load its weights strictly.
+
+    Args:
+        model: a frozen Hugging Face decoder without δ-mem attached.
+        directory: an adapter directory in either format.
+        allow_other_backbone: accept an own-format adapter recorded for a different backbone
+            checkpoint (same shapes). Off by default: an adapter only means something on the
+            backbone it was trained with.
+
+    Raises:
+        AdapterFileError: missing/corrupt files, or tensors that do not fit the model; the model
+            is left without δ-mem in that case.
+    """
+    config, tensors, info = read_adapter(directory)
+    handle = attach(model, config)
+    try:
+        own = handle.adapter_state_dict()
+        if info["format"] == "reference":
+            tensors = _drop_inactive_heads(tensors, own, config)
+        try:
+            handle.load_adapter_state_dict(tensors)
+        except ValueError as err:
+            raise AdapterFileError(f"{directory}: {err}") from err
+        recorded = info.get("backbone", {}).get("fingerprint")
+        actual = handle.fingerprint().split("/")[0].removeprefix("backbone:")
+        if recorded and recorded != actual and not allow_other_backbone:
+            raise AdapterFileError(
+                f"{directory}: adapter was trained on backbone {recorded} "
+                f"({info['backbone'].get('model_type')}), this model is {actual}; pass "
+                "allow_other_backbone=True to load it anyway"
+            )
+    except BaseException:
+        handle.detach()
+        raise
+    return handle
+
+
+# --- readers ------------------------------------------------------------------------------
+def _read_own(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    body = _read_json(path / ADAPTER_CONFIG_FILE)
+    if body.get("format") != ADAPTER_FORMAT:
+        raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: format {body.get('format')!r}")
+    version = body.get("version")
+    if not isinstance(version, int) or not 1 <= version <= ADAPTER_VERSION:
+        raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: unsupported version {version!r}")
+    try:
+        config = DeltaMemConfig.from_json_dict(body.get("config"))
+    except ValueError as err:
+        raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: {err}") from err
+    weights = path / ADAPTER_WEIGHTS_FILE
+    if not weights.exists():
+        raise AdapterFileError(f"{weights} is missing")
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise AdapterFileError(f"{weights} is corrupt: {err}") from err
+    backbone = body.get("backbone") if isinstance(body.get("backbone"), dict) else {}
+    return config, tensors, {"format": "own", "backbone": backbone}
+
+
+def _read_reference(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    body = _read_json(path / REFERENCE_CONFIG_FILE)
+    try:
+        config = DeltaMemConfig.from_reference_dict(body)
+    except ValueError as err:
+        raise AdapterFileError(f"{path / REFERENCE_CONFIG_FILE}: {err}") from err
+    weights = path / REFERENCE_WEIGHTS_FILE
+    if not weights.exists():
+        raise AdapterFileError(f"{weights} is missing")
+    try:  # weights_only: a plain dict of tensors; arbitrary pickled objects are refused
+        tensors = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many error types for a bad file
+        raise AdapterFileError(f"{weights} is not a readable tensor file: {err}") from err
+    if not isinstance(tensors, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
+    ):
+        raise AdapterFileError(f"{weights} must hold a dict of name -> tensor")
+    return config, tensors, {"format": "reference"}
+
+
+def _drop_inactive_heads(
+    tensors: dict[str, torch.Tensor], own: dict[str, torch.Tensor], config: DeltaMemConfig
+) -> dict[str, torch.Tensor]:
+    """The reference saves all four correction heads; inactive ones must be all zeros."""
+    kept = {}
+    inactive = tuple(f".delta_{h}_proj" for h in _HEADS if h not in config.heads)
+    for name, value in tensors.items():
+        if name not in own and name.endswith(inactive):
+            if bool(value.float().abs().sum() != 0):
+                raise AdapterFileError(
+                    f"{name} is non-zero but delta_heads={list(config.heads)} leaves that head "
+                    "inactive; the adapter would compute something else here"
+                )
+            continue
+        kept[name] = value
+    return kept
+
+
+# --- small utilities ----------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdapterFileError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(body, dict):
+        raise AdapterFileError(f"{path} must hold a JSON object")
+    return body
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    return json.dumps(body, indent=2, sort_keys=True) + "\n"
+
+
+def _atomic_write(target: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "base_layer", module)
