@@ -177,7 +177,7 @@ class DeltaMem:
             decoder.register_forward_pre_hook(self._before_decoder, with_kwargs=True)
         )
         self._backbone_hash = _backbone_hash(model, [a for _, a in attentions.values()])
-        self._adapter_hash: tuple[tuple[int, ...], str] | None = None
+        self._adapter_hash: tuple[tuple[int, ...] | None, str] | None = None
         model._deltamem_handle = self
 
     def _wrap(
@@ -263,8 +263,12 @@ class DeltaMem:
     def fingerprint(self) -> str:
         """``backbone:<hex>/adapter:<hex>``; the adapter part follows in-place updates."""
         params = list(self.parameters())
-        versions = tuple(p._version for p in params)
-        if self._adapter_hash is None or self._adapter_hash[0] != versions:
+        # Version counters change on every in-place update (optimizer steps, copy_), so the
+        # hash is recomputed only when a parameter changed; inference tensors have none.
+        versions = (
+            None if any(p.is_inference() for p in params) else tuple(p._version for p in params)
+        )
+        if versions is None or self._adapter_hash is None or self._adapter_hash[0] != versions:
             digest = hashlib.sha256(self.config.to_json().encode())
             for p in params:
                 digest.update(p.detach().cpu().contiguous().numpy().tobytes())
