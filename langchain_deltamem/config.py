@@ -174,6 +174,7 @@ class DeltaMemConfig(BaseModel):
                     f"delta_mem_config.json: {name}={merged[name]!r} is not supported "
                     f"(only {required!r})"
                 )
+        _check_reference_types(merged)
         granularity = merged["memory_write_granularity"]
         if granularity not in _REFERENCE_GRANULARITY:
             raise ValueError(
@@ -196,7 +197,7 @@ class DeltaMemConfig(BaseModel):
             update_mode=_REFERENCE_MODES[mode],
             rankwise_gates=merged["rankwise_gates"],
             beta_bias_init=merged["beta_bias_init"],
-            output_init="zero" if merged["output_init"] == "zero" else "base_slice",
+            output_init="zero" if merged["output_init"] == "zero" else "base_slice",  # init only
             output_init_scale=merged["online_gain"],
             num_states=merged["num_state_heads"],
             write_granularity=_REFERENCE_GRANULARITY[granularity],
@@ -225,6 +226,42 @@ class DeltaMemConfig(BaseModel):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
 
+def _check_reference_types(data: dict[str, Any]) -> None:
+    """Refuse values of the wrong JSON type with a ValueError naming the field."""
+    expected: dict[str, tuple[type, ...]] = {
+        "rank": (int,),
+        "alpha": (int, float),
+        "beta_bias_init": (int, float),
+        "online_gain": (int, float),
+        "num_state_heads": (int,),
+        "rankwise_gates": (bool,),
+        "state_update_mode": (str,),
+        "memory_write_granularity": (str,),
+        "output_init": (str,),
+        "delta_heads": (str, list, tuple),
+        "target_layers": (list, tuple),
+    }
+    for name, types in expected.items():
+        value = data[name]
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if wrong_bool or not isinstance(value, types):
+            names = " or ".join(t.__name__ for t in types)
+            raise ValueError(f"delta_mem_config.json: {name}={value!r} must be {names}")
+    if data["output_init"] not in _REFERENCE_OUTPUT_INITS:
+        raise ValueError(
+            f"delta_mem_config.json: output_init={data['output_init']!r}; expected one of "
+            f"{sorted(_REFERENCE_OUTPUT_INITS)}"
+        )
+    heads = data["delta_heads"]
+    if not isinstance(heads, str) and not all(isinstance(h, str) for h in heads):
+        raise ValueError(f"delta_mem_config.json: delta_heads={heads!r} must be letters")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in data["target_layers"]):
+        raise ValueError(
+            f"delta_mem_config.json: target_layers={data['target_layers']!r} must be integers"
+        )
+
+
+_REFERENCE_OUTPUT_INITS = {"zero", "random", "base_slice", "base_slice_fixed"}
 _REFERENCE_MODES = {"standard": "standard", "lambda_outside": "gated", "no_lambda": "plain"}
 _REFERENCE_GRANULARITY = {"token": "token", "message_mean": "segment"}
 

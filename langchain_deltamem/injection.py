@@ -169,6 +169,7 @@ class DeltaMem:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         for p in model.parameters():
             p.requires_grad_(False)
+        self._backbone_hash = _backbone_hash(model)  # before wrapping: original names only
         for layer_id, (path, attention) in attentions.items():
             self._wrap(layer_id, path, attention, generator)
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
@@ -176,7 +177,6 @@ class DeltaMem:
         self._hooks.append(
             decoder.register_forward_pre_hook(self._before_decoder, with_kwargs=True)
         )
-        self._backbone_hash = _backbone_hash(model, [a for _, a in attentions.values()])
         self._adapter_hash: tuple[tuple[int, ...] | None, str] | None = None
         model._deltamem_handle = self
 
@@ -286,7 +286,9 @@ class DeltaMem:
     def load_state(self, data: bytes) -> MemoryState:
         """`MemoryState.from_bytes` that refuses states of another backbone or adapter."""
         device = self.layers[self.layer_ids[0]].memory_q_proj.device
-        return MemoryState.from_bytes(data, expected_fingerprint=self.fingerprint(), device=device)
+        state = MemoryState.from_bytes(data, expected_fingerprint=self.fingerprint(), device=device)
+        state.check_compatible(self.fingerprint(), self.layer_ids, self.config)
+        return state
 
     def active_run(self) -> MemoryRun | None:
         return self._run.get()
@@ -584,18 +586,23 @@ def _count(write_mask: torch.Tensor | None, batch: int, length: int, n_states: i
     return write_mask.sum(dim=1).cpu()
 
 
-def _backbone_hash(model: nn.Module, attentions: list[nn.Module]) -> str:
-    """Architecture plus a bf16-rounded sample of every wrapped ``q_proj`` weight.
+def _backbone_hash(model: nn.Module) -> str:
+    """Architecture plus a bf16-rounded strided sample of every backbone parameter.
 
-    Rounding to bf16 makes the same checkpoint loaded in fp32 or bf16 hash alike; a different
-    checkpoint of the same architecture differs in its weights and does not.
+    Every tensor contributes (embeddings, attention, MLP, norms), so two checkpoints of one
+    architecture differ wherever their weights do; rounding to bf16 makes the same checkpoint
+    loaded in fp32 or bf16 hash alike. Sampling keeps it to milliseconds.
     """
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
         digest.update(f"{key}={getattr(config, key, None)};".encode())
-    for attention in attentions:
-        weight = attention.q_proj.weight.detach().flatten()
-        sample = torch.cat([weight[:64], weight[-64:]]).to("cpu", torch.bfloat16)
+    for name, param in model.named_parameters():
+        if f".{ADAPTER_ATTRIBUTE}." in f".{name}":
+            continue
+        flat = param.detach().flatten()
+        step = max(1, flat.numel() // 64)
+        sample = flat[::step][:64].to("cpu", torch.bfloat16)
+        digest.update(name.replace(".base_layer", "").encode())
         digest.update(sample.view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -22,6 +22,7 @@ from .config import DeltaMemConfig
 
 STATE_FORMAT = "langchain-deltamem/memory-state"
 STATE_VERSION = 1
+_META_KEY = "deltamem"
 
 
 class MemoryStateError(ValueError):
@@ -55,6 +56,8 @@ class MemoryState:
             )
         if not self.layers:
             raise MemoryStateError("a memory state needs at least one layer")
+        if len(set(self.layer_ids)) != len(self.layer_ids):
+            raise MemoryStateError(f"duplicate layer ids {list(self.layer_ids)}")
         expected = (self.config.num_states, self.config.rank, self.config.rank)
         batch = self.layers[0].shape[0]
         for layer_id, tensor in zip(self.layer_ids, self.layers, strict=True):
@@ -179,6 +182,13 @@ class MemoryState:
                 f"state has rank {self.config.rank} × {self.config.num_states} states, the "
                 f"adapter rank {config.rank} × {config.num_states}"
             )
+        if config != self.config:
+            changed = sorted(
+                k for k in config.model_fields if getattr(config, k) != getattr(self.config, k)
+            )
+            raise MemoryStateError(
+                f"state was written with another adapter config (differs in {changed})"
+            )
         if fingerprint != self.fingerprint:
             mine, theirs = _split_fingerprint(self.fingerprint), _split_fingerprint(fingerprint)
             what = [k for k in ("backbone", "adapter") if mine.get(k) != theirs.get(k)] or ["model"]
@@ -207,14 +217,18 @@ class MemoryState:
         """Serialise with safetensors (no pickle): states, write counts, and metadata."""
         tensors = {"states": torch.stack([t.detach() for t in self.layers]).contiguous().cpu()}
         tensors["write_counts"] = self.write_counts.detach().contiguous().cpu()
-        metadata = {
+        # One metadata key holding sorted JSON: safetensors orders a multi-key metadata map
+        # arbitrarily, and equal states must give equal bytes (checkpoints compare them).
+        header = {
             "format": STATE_FORMAT,
-            "version": str(STATE_VERSION),
+            "version": STATE_VERSION,
             "fingerprint": self.fingerprint,
-            "layer_ids": json.dumps(list(self.layer_ids)),
-            "config": self.config.to_json(),
+            "layer_ids": list(self.layer_ids),
+            "config": self.config.to_json_dict(),
         }
-        return safetensors_save(tensors, metadata=metadata)
+        return safetensors_save(
+            tensors, metadata={_META_KEY: json.dumps(header, sort_keys=True, separators=(",", ":"))}
+        )
 
     @classmethod
     def from_bytes(
@@ -237,16 +251,16 @@ class MemoryState:
         metadata = _read_metadata(data)
         if metadata.get("format") != STATE_FORMAT:
             raise MemoryStateError(f"not a memory state: format={metadata.get('format')!r}")
-        if metadata.get("version") != str(STATE_VERSION):
+        if metadata.get("version") != STATE_VERSION:
             raise MemoryStateError(
                 f"memory state version {metadata.get('version')!r}; this package reads "
                 f"{STATE_VERSION}"
             )
         try:
             tensors = safetensors_load(data)
-            config = DeltaMemConfig.from_json(metadata["config"])
-            layer_ids = tuple(int(i) for i in json.loads(metadata["layer_ids"]))
-            fingerprint = metadata["fingerprint"]
+            config = DeltaMemConfig.from_json_dict(metadata["config"])
+            layer_ids = tuple(int(i) for i in metadata["layer_ids"])
+            fingerprint = str(metadata["fingerprint"])
         except (SafetensorError, KeyError, ValueError, TypeError) as err:
             raise MemoryStateError(f"corrupt memory state: {err}") from err
         if set(tensors) != {"states", "write_counts"}:
@@ -266,12 +280,12 @@ class MemoryState:
         if bool((counts < 0).any()):
             raise MemoryStateError("corrupt memory state: negative write counts")
         state = cls(list(states.unbind(0)), layer_ids, config, fingerprint, counts)
-        if expected_fingerprint is not None and fingerprint != expected_fingerprint:
+        if expected_fingerprint is not None:
             state.check_compatible(expected_fingerprint, layer_ids, config)
         return state.to(device) if device is not None else state
 
 
-def _read_metadata(data: bytes) -> dict[str, str]:
+def _read_metadata(data: bytes) -> dict[str, object]:
     """The safetensors header's ``__metadata__``, with size checks before any parsing."""
     if len(data) < 8:
         raise MemoryStateError(f"corrupt memory state: {len(data)} bytes is too short")
@@ -283,9 +297,15 @@ def _read_metadata(data: bytes) -> dict[str, str]:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MemoryStateError(f"corrupt memory state header: {err}") from err
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict):
-        raise MemoryStateError("corrupt memory state: no metadata in header")
-    return metadata
+    if not isinstance(metadata, dict) or not isinstance(metadata.get(_META_KEY), str):
+        raise MemoryStateError("corrupt memory state: no δ-mem metadata in header")
+    try:
+        body = json.loads(metadata[_META_KEY])
+    except json.JSONDecodeError as err:
+        raise MemoryStateError(f"corrupt memory state metadata: {err}") from err
+    if not isinstance(body, dict):
+        raise MemoryStateError("corrupt memory state: metadata is not an object")
+    return body
 
 
 def _split_fingerprint(fingerprint: str) -> dict[str, str]:
