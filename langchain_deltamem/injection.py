@@ -450,6 +450,10 @@ class DeltaMem:
         if valid is not None:
             token_valid = token_valid & valid
         if self.config.write_granularity == "token":  # TSW, routed per token by its segment
+            if n_segments == 0:  # only unsegmented tokens (system/generation prompt): no writes
+                shape = (batch, segments.shape[1], n_states)
+                plan.write_mask = torch.zeros(shape, dtype=torch.bool, device=device)
+                return plan.write_mask.sum(dim=1).cpu()
             index = segments.clamp_min(0)[..., None].expand(-1, -1, n_states)
             plan.write_mask = routes.gather(1, index) & token_valid[..., None]
             return plan.write_mask.sum(dim=1).cpu()
@@ -573,10 +577,16 @@ def _routes_tensor(
         raise ValueError(f"routes has {len(routes)} entries for {n_segments} segments")
     tensor = torch.zeros(n_segments, n_states, dtype=torch.bool)
     for s, targets in enumerate(routes):
+        if isinstance(targets, str | bytes) or not isinstance(targets, Sequence):
+            raise ValueError(
+                f"routes[{s}] = {targets!r}: give one list of state indices per segment"
+            )
         for j in targets:
-            if not 0 <= int(j) < n_states:
+            if isinstance(j, bool) or not isinstance(j, int):
+                raise ValueError(f"routes[{s}]: state index {j!r} is not an integer")
+            if not 0 <= j < n_states:
                 raise ValueError(f"route of segment {s}: state {j} not in 0..{n_states - 1}")
-            tensor[s, int(j)] = True
+            tensor[s, j] = True
     return tensor[None].expand(batch, -1, -1)
 
 
