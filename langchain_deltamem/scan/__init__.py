@@ -48,10 +48,10 @@ def delta_rule_scan(
 
     A single token goes straight to the one-step update (decoding), which is both paths at T=1.
     """
-    if impl == "naive" or q.shape[1] == 1:
-        return naive_delta_rule_scan(q, k, v, beta, state, mode=mode, valid=valid)
-    if impl != "chunk":
+    if impl not in ("chunk", "naive"):
         raise ValueError(f"scan impl {impl!r}; expected 'chunk' or 'naive'")
+    if impl == "naive" or (q.dim() == 4 and q.shape[1] == 1):
+        return naive_delta_rule_scan(q, k, v, beta, state, mode=mode, valid=valid)
     return chunk_delta_rule_scan(q, k, v, beta, state, mode=mode, valid=valid)
 
 

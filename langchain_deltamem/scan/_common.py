@@ -31,12 +31,15 @@ def check_scan_inputs(
     beta: torch.Tensor,
     state: torch.Tensor,
     valid: torch.Tensor | None,
+    mode: str,
 ) -> torch.Tensor:
-    """Validate shapes and return ``beta`` with invalid (masked) rows zeroed.
+    """Validate the mode and shapes and return ``beta`` with invalid (masked) rows zeroed.
 
     A zero gate is the whole meaning of "does not write": keep = 1, erase = 0, write = 0, so
     the state passes through unchanged.
     """
+    if mode not in UPDATE_MODES:
+        raise ValueError(f"update mode {mode!r}; expected one of {UPDATE_MODES}")
     if q.dim() != 4:
         raise ValueError(f"q must be [batch, time, states, rank], got shape {tuple(q.shape)}")
     for name, t in (("k", k), ("v", v), ("beta", beta)):

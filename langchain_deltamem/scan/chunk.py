@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from ._common import check_scan_inputs, update_coefficients
 
-DEFAULT_CHUNK_SIZE = 32
-_MIN_LOG_KEEP = -80.0  # exp(-80) ≈ 2e-35: a gate of exactly 1 wipes the row, without -inf
+DEFAULT_CHUNK_SIZE = 16
+_MIN_KEEP = 1e-35  # a gate of exactly 1 wipes the row without log(0) = -inf (or NaN grads)
 
 
 def chunk_delta_rule_scan(
@@ -37,7 +37,7 @@ def chunk_delta_rule_scan(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked scan; see :func:`langchain_deltamem.scan.delta_rule_scan` for the contract."""
-    beta = check_scan_inputs(q, k, v, beta, state, valid)
+    beta = check_scan_inputs(q, k, v, beta, state, valid, mode)
     bsz, seq_len, n_states, rank = q.shape
     if seq_len == 0:
         return q.new_zeros(q.shape), state
@@ -54,22 +54,24 @@ def chunk_delta_rule_scan(
     keep, erase = update_coefficients(bc, mode)
     rows = lambda t: t.transpose(-1, -2)  # noqa: E731  [B,H,N,C,r] -> [B,H,N,r_rows,C]
     erase, write = rows(erase), rows(bc * vc)
+    # Cumulative log-keeps and their differences in fp64: a gate near 1 adds ~-12 per token,
+    # and fp32 sums of such terms lose the small differences the ratios (and dβ) depend on.
     if keep is None:
-        log_keep = torch.zeros_like(erase)
+        log_keep = torch.zeros_like(erase, dtype=torch.float64)
     else:
-        log_keep = rows(torch.log(keep).clamp_min(_MIN_LOG_KEEP))
+        log_keep = rows(torch.log(keep.double().clamp_min(_MIN_KEEP)))
     g = log_keep.cumsum(-1)  # log γ_t (inclusive)
     g_prev = F.pad(g[..., :-1], (1, 0))  # log γ_{t-1}
 
     strict = torch.ones(size, size, dtype=torch.bool, device=q.device).tril(-1)
-    log_ratio = (g_prev[..., :, None] - g[..., None, :]).masked_fill(~strict, float("-inf"))
-    ratio = log_ratio.exp()  # [B,H,N,rows,C(t),C(j)]: γ_{t-1}/γ_j for j < t, else 0
+    log_ratio = (g_prev[..., :, None] - g[..., None, :]).to(q.dtype)  # exact-ish, then fp32
+    ratio = log_ratio.masked_fill(~strict, float("-inf")).exp()  # [B,H,N,rows,C,C]: γ_{t-1}/γ_j
 
     keys = kc[:, :, :, None]  # [B,H,N,1,C,r], shared by the rows of a state
     kk = kc @ kc.transpose(-1, -2)  # [B,H,N,C,C]
     qk = qc @ kc.transpose(-1, -2)  # [B,H,N,C,C]
     lower = erase[..., :, None] * ratio * kk[:, :, :, None]
-    start_decay = g_prev.exp()  # γ_{t-1}
+    start_decay = g_prev.exp().to(q.dtype)  # γ_{t-1}
     rhs = torch.cat([write[..., None], -(erase * start_decay)[..., None] * keys], dim=-1)
     solved = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
     x_free, x_from_start = solved[..., 0], solved[..., 1:]  # [..,C], [..,C,r]: x = x_free + W s_0
@@ -78,10 +80,11 @@ def chunk_delta_rule_scan(
     read_from_start = start_decay[..., None] * qc[:, :, :, None] + read_ratio @ x_from_start
     read_free = (read_ratio @ x_free[..., None])[..., 0]  # [..,C]
 
-    end_decay = (g[..., -1:] - g).exp()  # γ_C/γ_j
+    end_decay = (g[..., -1:] - g).exp().to(q.dtype)  # γ_C/γ_j
     keys_to_end = end_decay[..., None] * keys  # [..,C,r]
     eye = torch.eye(rank, dtype=q.dtype, device=q.device)
-    transition = g[..., -1, None, None].exp() * eye + x_from_start.transpose(-1, -2) @ keys_to_end
+    chunk_decay = g[..., -1, None, None].exp().to(q.dtype)
+    transition = chunk_decay * eye + x_from_start.transpose(-1, -2) @ keys_to_end
     offset = (x_free[..., None, :] @ keys_to_end)[..., 0, :]  # [B,H,N,rows,r]
 
     # Chunk to chunk: s ← s G_n + h_n, on flattened rows [M = B·H·rows, 1, r] (one baddbmm each).

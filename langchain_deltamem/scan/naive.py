@@ -48,7 +48,7 @@ def naive_delta_rule_scan(
     valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-by-token scan; see :func:`langchain_deltamem.scan.delta_rule_scan` for the contract."""
-    beta = check_scan_inputs(q, k, v, beta, state, valid)
+    beta = check_scan_inputs(q, k, v, beta, state, valid, mode)
     reads = []
     for t in range(q.shape[1]):
         read, state = delta_rule_step(q[:, t], k[:, t], v[:, t], beta[:, t], state, mode)
