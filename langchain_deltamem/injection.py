@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import DeltaMemConfig
@@ -78,8 +79,11 @@ class CorrectedLinear(nn.Module):
         read = None if run is None else run.reads.get(self.layer_id)
         if read is None:
             return out
-        delta = self._handle.layers[self.layer_id].correction(self.head, read).to(out.dtype)
-        run.record_correction(self.layer_id, self.head, delta, out)
+        # ``read`` is already scaled by α/r (once per layer, in the attention pre-hook)
+        delta = F.linear(read, self._handle.layers[self.layer_id].correction_head(self.head))
+        delta = delta.to(out.dtype)
+        if run.track_corrections:
+            run.record_correction(self.layer_id, self.head, delta, out)
         return out + delta
 
 
@@ -103,6 +107,9 @@ class MemoryRun:
         segment_ids: ``[B, T]`` segment of each token of the next forward (``-1`` = none).
         routes: ``[B, S, H]`` bool, which states segment ``s`` writes (MSW routing).
         writes: number of (token or segment, state) writes made per conversation.
+        track_corrections: record ‖Δ‖/‖output‖ per seam on each forward. Callers may turn it
+            off between forwards, e.g. after a generation's prefill, where per-token decode
+            steps would pay two norms per seam for little extra information.
     """
 
     state: MemoryState
@@ -110,23 +117,25 @@ class MemoryRun:
     segment_ids: torch.Tensor | None
     routes: torch.Tensor | None
     writes: torch.Tensor
+    track_corrections: bool = True
     reads: dict[int, torch.Tensor] = field(default_factory=dict)
     plan: _ForwardPlan | None = None
-    _norms: dict[tuple[int, str], list[torch.Tensor]] = field(default_factory=dict)
+    _norms: dict[tuple[int, str], list[torch.Tensor]] = field(default_factory=dict)  # [‖Δ‖, ‖out‖]
 
     def record_correction(
         self, layer_id: int, head: str, delta: torch.Tensor, out: torch.Tensor
     ) -> None:
-        """Accumulate ‖correction‖² and ‖seam output‖² (the lesson of the inert port: log it)."""
+        """Keep ‖correction‖ and ‖seam output‖ of this forward (the lesson of the inert port:
+        always log it). Two norms per seam; they are summed only when a ratio is asked for."""
         with torch.no_grad():
-            sums = self._norms.setdefault((layer_id, head), [delta.new_zeros(()).float()] * 2)
-            sums[0] = sums[0] + delta.float().pow(2).sum()
-            sums[1] = sums[1] + out.detach().float().pow(2).sum()
+            norms = torch.stack([torch.linalg.vector_norm(delta), torch.linalg.vector_norm(out)])
+            self._norms.setdefault((layer_id, head), []).append(norms.float())
 
     def correction_ratio(self) -> dict[int, dict[str, float]]:
         """Per layer and head: ‖Δ‖ / ‖seam output‖ over every forward of this run."""
         ratios: dict[int, dict[str, float]] = {}
-        for (layer_id, head), (delta_sq, out_sq) in sorted(self._norms.items()):
+        for (layer_id, head), norms in sorted(self._norms.items()):
+            delta_sq, out_sq = torch.stack(norms).pow(2).sum(0)
             ratio = (delta_sq / out_sq.clamp_min(1e-30)).sqrt().item()
             ratios.setdefault(layer_id, {})[head] = ratio
         return ratios
@@ -301,6 +310,7 @@ class DeltaMem:
         write: bool = False,
         segment_ids: torch.Tensor | None = None,
         routes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        track_corrections: bool = True,
     ) -> Iterator[MemoryRun]:
         """Forward passes inside this block read ``state`` and, with ``write``, write it.
 
@@ -313,6 +323,7 @@ class DeltaMem:
             routes: MSW routing, which of the H states each segment writes: a ``[S, H]`` or
                 ``[B, S, H]`` bool tensor, or one list of state indices per segment. Default:
                 every segment writes every state.
+            track_corrections: record correction-to-output norms (see `MemoryRun`).
         """
         if self._run.get() is not None:
             raise RuntimeError("a δ-mem memory block is already active in this context")
@@ -329,6 +340,7 @@ class DeltaMem:
             segment_ids,
             routes,
             writes=torch.zeros_like(state.write_counts),
+            track_corrections=track_corrections,
         )
         token = self._run.set(run)
         try:
@@ -487,6 +499,7 @@ class DeltaMem:
                 segment_pool=plan.segment_pool,
                 segment_mask=plan.segment_mask,
             )
+            read = read * self.config.scale  # once here rather than at every corrected seam
             if plan.valid is not None:
                 read = read * plan.valid[..., None]
             run.reads[layer_id] = read

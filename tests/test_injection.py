@@ -768,3 +768,18 @@ def test_state_of_another_adapter_is_refused() -> None:
     same_model, same = _attached("llama", "eager", TSW, seed=0, randomise=False)
     with same.memory(handle.new_state()):
         same_model(random_tokens(1, 4))
+
+
+def test_correction_tracking_can_be_switched_off_without_changing_outputs() -> None:
+    model = build_model("llama", "sdpa", seed=0)
+    handle = attach(model, DeltaMemConfig(write_granularity="token"), seed=0)
+    ids = random_tokens(1, 12, seed=1)
+    state = handle.new_state()
+    with torch.no_grad(), handle.memory(state, write=True):
+        model(ids)
+    with torch.no_grad(), handle.memory(state) as tracked:
+        tracked_logits = model(ids).logits
+    with torch.no_grad(), handle.memory(state, track_corrections=False) as untracked:
+        untracked_logits = model(ids).logits
+    assert torch.equal(tracked_logits, untracked_logits)
+    assert tracked.correction_ratio() and untracked.correction_ratio() == {}

@@ -1,0 +1,83 @@
+"""`DeltaMemEngine`: one loaded backbone + adapter, shared by everything in the process.
+
+Loading weights is the expensive part, so chat models and memories only name what they need
+(backbone, adapter, dtype) and get the engine for it from a process-wide registry on first use.
+The engine holds no conversation: states live in `MemoryState` objects handed to each call.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .adapter_files import load_adapter
+from .backbones import EMBEDDED_BACKBONE, load_backbone
+from .config import DeltaMemConfig
+from .injection import DeltaMem, attach
+
+FRESH_ADAPTERS = {
+    "fresh": DeltaMemConfig(),
+    "fresh-ssw": DeltaMemConfig(),
+    "fresh-tsw": DeltaMemConfig(write_granularity="token"),
+    "fresh-msw": DeltaMemConfig(num_states=4),
+}
+DEFAULT_ADAPTER = "fresh"  # until trained adapters ship (training issue)
+FRESH_SEED = 0  # fixed, so a fresh adapter (and the memory it wrote) is the same in every process
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class DeltaMemEngine:
+    """A frozen backbone with its attached adapter."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    handle: DeltaMem
+    backbone: str
+    adapter: str
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 8192))
+
+
+_ENGINES: dict[tuple[str, str, str], DeltaMemEngine] = {}
+_LOCK = threading.Lock()
+
+
+def get_engine(
+    backbone: str | None = None,
+    adapter: str | None = None,
+    dtype: str = "float32",
+) -> DeltaMemEngine:
+    """The shared engine for ``(backbone, adapter, dtype)``, loading it on first use.
+
+    Args:
+        backbone: Hugging Face id or directory; None = the embedded SmolLM2-135M-Instruct.
+        adapter: an adapter directory (own or reference format), or one of
+            ``fresh``/``fresh-ssw``/``fresh-tsw``/``fresh-msw`` (seeded, identical in every
+            process); None = the project's default adapter.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` for the backbone.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
+    key = (backbone or EMBEDDED_BACKBONE, adapter or DEFAULT_ADAPTER, dtype)
+    with _LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _load(*key)
+            _ENGINES[key] = engine
+        return engine
+
+
+def _load(backbone: str, adapter: str, dtype: str) -> DeltaMemEngine:
+    name = None if backbone == EMBEDDED_BACKBONE else backbone
+    model, tokenizer = load_backbone(name, dtype=_DTYPES[dtype])
+    if adapter in FRESH_ADAPTERS:
+        handle = attach(model, FRESH_ADAPTERS[adapter], seed=FRESH_SEED)
+    else:
+        handle = load_adapter(model, adapter)
+    return DeltaMemEngine(model, tokenizer, handle, backbone, adapter)

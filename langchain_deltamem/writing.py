@@ -1,0 +1,198 @@
+"""The write routine: chat messages → segment writes into a `MemoryState`.
+
+This is the one procedure that puts text into memory, used by the chat model at run time and by
+the trainer to build episodes (so training and inference write the same way; the reference
+wrote one mean per message in training but token by token at run time). Per call:
+
+* the messages are rendered with the chat template after the system prompt, one segment per
+  message (system tokens are context for the forward but never written);
+* a message longer than ``max_segment_tokens`` is cut into several segments, and calls are split
+  so no forward exceeds ``max_forward_tokens`` (the backbone's context), with a warning;
+* each segment is routed to the states its source owns (MSW): dialogue to state 0, each tool's
+  results to its own state.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from .injection import DeltaMem
+from .segments import encode_segments
+from .state import MemoryState
+
+MEMORY_SYSTEM_PROMPT = (
+    "You answer questions using earlier notes, passages, or dialogue history. Use exact details "
+    "from them whenever possible. If they do not contain the answer, reply exactly: No "
+    "information available."
+)
+DIALOGUE_SOURCES = ("user", "assistant", "system")
+
+
+@dataclass(frozen=True)
+class SourceRouter:
+    """Which MSW states a segment from a given source writes.
+
+    Dialogue (``user``, ``assistant``) writes state 0. A tool's results (source ``tool:<name>``)
+    write the state given in ``tool_states``, else a stable hash of the name picks one of states
+    ``1..H-1``, so a tool keeps its state across processes. With ``H = 1`` everything writes the
+    single state.
+    """
+
+    num_states: int = 1
+    tool_states: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, index in self.tool_states.items():
+            if not 0 <= index < self.num_states:
+                raise ValueError(
+                    f"tool_states[{name!r}] = {index}: states are 0..{self.num_states - 1}"
+                )
+
+    def state_for(self, source: str) -> int:
+        if self.num_states == 1 or source in DIALOGUE_SOURCES:
+            return 0
+        name = source.split(":", 1)[1] if source.startswith("tool:") else source
+        if name in self.tool_states:
+            return self.tool_states[name]
+        return 1 + zlib.crc32(name.encode()) % (self.num_states - 1)
+
+
+@dataclass(frozen=True)
+class WrittenSegment:
+    """One segment as it went into memory (what a replay needs)."""
+
+    source: str
+    text: str
+
+
+def write_messages(
+    handle: DeltaMem,
+    tokenizer: PreTrainedTokenizerBase,
+    state: MemoryState,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    system_prompt: str = MEMORY_SYSTEM_PROMPT,
+    router: SourceRouter | None = None,
+    max_segment_tokens: int = 1024,
+    max_forward_tokens: int | None = None,
+    grad: bool = False,
+) -> list[WrittenSegment]:
+    """Write ``messages`` into ``state`` (batch of one), one segment per message.
+
+    Args:
+        handle: the attached δ-mem.
+        tokenizer: the backbone's tokenizer (its chat template defines segment boundaries).
+        state: memory of one conversation; replaced layer by layer.
+        messages: ``{"role", "content"}`` dicts, optionally with ``"source"`` (default: the
+            role; tool results use ``tool:<name>``). Roles must be ones the template renders.
+        system_prompt: rendered first as context; never written.
+        router: MSW routing by source (default: a `SourceRouter` for the adapter's H).
+        max_segment_tokens: longer message contents are cut into pieces of about this many
+            tokens, each its own segment.
+        max_forward_tokens: cap on one forward (default: the backbone's context length).
+        grad: keep the autograd graph through the state (training); else ``no_grad``.
+
+    Returns:
+        The segments written, in order (the replay log).
+    """
+    if state.batch_size != 1:
+        raise ValueError(
+            f"write_messages writes one conversation; the state holds {state.batch_size}"
+        )
+    router = router or SourceRouter(handle.config.num_states)
+    if max_forward_tokens is None:
+        max_forward_tokens = int(getattr(handle.model.config, "max_position_embeddings", 8192))
+    pieces = _split_long_messages(tokenizer, messages, max_segment_tokens)
+    system = {"role": "system", "content": system_prompt}
+    written: list[WrittenSegment] = []
+    for group in _group_for_context(tokenizer, system, pieces, max_forward_tokens):
+        encoded = encode_segments(
+            tokenizer, [system, *({"role": m["role"], "content": m["content"]} for m in group)]
+        )
+        routes = [[router.state_for(m["source"])] for m in group]
+        _forward_write(handle, state, encoded.input_ids, encoded.segment_ids, routes, grad)
+        written.extend(WrittenSegment(m["source"], m["content"]) for m in group)
+    return written
+
+
+def _forward_write(
+    handle: DeltaMem,
+    state: MemoryState,
+    input_ids: torch.Tensor,
+    segment_ids: torch.Tensor,
+    routes: list[list[int]],
+    grad: bool,
+) -> None:
+    model: nn.Module = handle.model
+    device = state.device
+    use_routes = handle.config.num_states > 1
+    with (
+        torch.set_grad_enabled(grad),
+        handle.memory(
+            state,
+            write=True,
+            segment_ids=segment_ids.to(device),
+            routes=routes if use_routes else None,
+        ),
+    ):
+        model(input_ids.to(device), use_cache=False)
+
+
+def _split_long_messages(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, str]],
+    max_tokens: int,
+) -> list[dict[str, str]]:
+    out = []
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise ValueError(
+                f"message {i} needs a text 'role' and 'content', got {dict(message)!r}"
+            )
+        if role == "system":
+            raise ValueError(f"message {i}: system messages are instructions, not memory")
+        source = str(message.get("source") or role)
+        ids = tokenizer(content, add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_tokens:
+            out.append({"role": role, "content": content, "source": source})
+            continue
+        warnings.warn(
+            f"message {i} ({len(ids)} tokens) is longer than {max_tokens} tokens; it is written "
+            "to memory in pieces",
+            stacklevel=3,
+        )
+        for start in range(0, len(ids), max_tokens):
+            piece = tokenizer.decode(ids[start : start + max_tokens])
+            out.append({"role": role, "content": piece, "source": source})
+    return out
+
+
+def _group_for_context(
+    tokenizer: PreTrainedTokenizerBase,
+    system: dict[str, str],
+    pieces: list[dict[str, str]],
+    max_tokens: int,
+) -> list[list[dict[str, str]]]:
+    """Consecutive pieces whose rendering fits one forward pass."""
+    overhead = encode_segments(tokenizer, [system]).input_ids.shape[1]
+    groups: list[list[dict[str, str]]] = []
+    current: list[dict[str, str]] = []
+    used = overhead
+    for piece in pieces:
+        cost = len(tokenizer(piece["content"], add_special_tokens=False)["input_ids"]) + 8
+        if current and used + cost > max_tokens:
+            groups.append(current)
+            current, used = [], overhead
+        current.append(piece)
+        used += cost
+    if current:
+        groups.append(current)
+    return groups
