@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -90,6 +91,7 @@ _STALE_TMP_SECONDS = 3600.0
 _LOCK_TIMEOUT_SECONDS = 900.0
 _PROBE_TEXT = "Delta memory lets a frozen language model remember: the quick brown fox"
 _BACKBONE_NAME_ATTR = "_deltamem_backbone_name"
+_LOAD_LOCK = threading.RLock()  # one from_pretrained at a time in this process
 # Hub repo ids look like "name" or "org/name"; anything else can only be a local path.
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -186,30 +188,33 @@ def load_backbone(
             example because the Hub is unreachable); the message names the model.
         RuntimeError: The GGUF conversion did not reproduce the dequantised weights/logits.
     """
-    if name is None or str(name) == EMBEDDED_BACKBONE:
-        checkpoint_dir = _ensure_embedded_checkpoint(resolve_cache_dir(cache_dir))
-        model, tokenizer = _load_checkpoint(
-            str(checkpoint_dir), dtype=dtype, attn_implementation=attn_implementation
-        )
-        display_name = EMBEDDED_BACKBONE
-    else:
-        source, display_name = _resolve_model_source(name)
-        try:
+    # transformers' loading patches global state (e.g. parameter initialisation) while it
+    # runs, so two threads loading at once can leave tied weights on the meta device.
+    with _LOAD_LOCK:
+        if name is None or str(name) == EMBEDDED_BACKBONE:
+            checkpoint_dir = _ensure_embedded_checkpoint(resolve_cache_dir(cache_dir))
             model, tokenizer = _load_checkpoint(
-                source, dtype=dtype, attn_implementation=attn_implementation
+                str(checkpoint_dir), dtype=dtype, attn_implementation=attn_implementation
             )
-        except OSError as exc:
-            where = (
-                f"the local directory {source}"
-                if Path(source).is_dir()
-                else f"the Hugging Face Hub or its local cache (the Hub is unreachable/offline "
-                f"or has no such model id, and no local directory {source!r} exists)"
-            )
-            raise OSError(
-                f"Could not load backbone {display_name!r} from {where}: {exc}. Use a local "
-                f"checkpoint directory, or omit the name to use the embedded "
-                f"{EMBEDDED_BACKBONE}."
-            ) from exc
+            display_name = EMBEDDED_BACKBONE
+        else:
+            source, display_name = _resolve_model_source(name)
+            try:
+                model, tokenizer = _load_checkpoint(
+                    source, dtype=dtype, attn_implementation=attn_implementation
+                )
+            except OSError as exc:
+                where = (
+                    f"the local directory {source}"
+                    if Path(source).is_dir()
+                    else f"the Hugging Face Hub or its local cache (the Hub is unreachable/offline "
+                    f"or has no such model id, and no local directory {source!r} exists)"
+                )
+                raise OSError(
+                    f"Could not load backbone {display_name!r} from {where}: {exc}. Use a local "
+                    f"checkpoint directory, or omit the name to use the embedded "
+                    f"{EMBEDDED_BACKBONE}."
+                ) from exc
     _freeze(model)
     setattr(model.config, _BACKBONE_NAME_ATTR, display_name)
     _ensure_pad_token(tokenizer)

@@ -184,7 +184,9 @@ class MemoryState:
             )
         if config != self.config:
             changed = sorted(
-                k for k in config.model_fields if getattr(config, k) != getattr(self.config, k)
+                k
+                for k in type(config).model_fields
+                if getattr(config, k) != getattr(self.config, k)
             )
             raise MemoryStateError(
                 f"state was written with another adapter config (differs in {changed})"

@@ -1,0 +1,396 @@
+"""`DeltaMemory`: δ-mem as a LangChain/LangGraph component, kept per scope.
+
+A *scope* is one conversation's memory: by default the ``thread_id`` of the run config, or a name
+given explicitly. Per scope the memory holds a `MemoryState` (constant size), the log of the
+segments written (source + text, so a segment can be forgotten by replaying the log without it),
+and the keys of the messages already written (so a chat model handed the whole history writes
+only what is new). Everything a scope holds serialises to JSON-safe values, which is what a
+LangGraph `BaseStore` (InMemoryStore, SqliteStore, …) persists.
+
+Operations on one scope are serialised by a per-scope lock; different scopes run concurrently
+(the model's forward passes are read-only and the active state is a context variable).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.store.base import BaseStore
+
+from .engine import DeltaMemEngine, get_engine
+from .injection import MemoryRun
+from .state import MemoryState, MemoryStateError
+from .writing import MEMORY_SYSTEM_PROMPT, SourceRouter, WrittenSegment, write_messages
+
+SCOPE_FORMAT = "langchain-deltamem/scope"
+SCOPE_VERSION = 1
+DEFAULT_NAMESPACE = ("deltamem", "memory")
+DEFAULT_SCOPE = "default"
+_KEY_HISTORY = 256  # message keys remembered for new-message detection (bounded)
+
+
+class MemoryRecordError(ValueError):
+    """A stored or imported scope record that is corrupt or belongs to another model."""
+
+
+@dataclass
+class _Scope:
+    state: MemoryState
+    log: list[list[dict[str, str]]] = field(default_factory=list)  # one list per write call
+    keys: list[str] = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    last_ratio: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+def message_to_dict(message: BaseMessage | Mapping[str, Any]) -> dict[str, str]:
+    """A LangChain message (or ``{"role", "content"}`` dict) as a memory segment.
+
+    Tool results get the source ``tool:<name>`` (their own MSW state); an AI message's tool calls
+    are kept as text so the memory knows what was asked. Raises ValueError on an unknown role or a
+    content block that is not text.
+    """
+    if isinstance(message, Mapping):
+        role, content = message.get("role"), message.get("content")
+        if role not in ("user", "assistant", "tool", "system"):
+            raise ValueError(f"unknown message role {role!r}; expected user/assistant/tool/system")
+        source = str(message.get("source") or role)
+        return {"role": role, "content": _text(content), "source": source}
+    if isinstance(message, HumanMessage):
+        return {"role": "user", "content": _text(message.content), "source": "user"}
+    if isinstance(message, AIMessage):
+        text = _text(message.content)
+        calls = [
+            "<tool_call>" + json.dumps({"name": c["name"], "arguments": c["args"]}) + "</tool_call>"
+            for c in message.tool_calls
+        ]
+        return {
+            "role": "assistant",
+            "content": "\n".join(p for p in [text, *calls] if p),
+            "source": "assistant",
+        }
+    if isinstance(message, ToolMessage):
+        name = message.name or "tool"
+        return {"role": "tool", "content": _text(message.content), "source": f"tool:{name}"}
+    if message.type == "system":
+        return {"role": "system", "content": _text(message.content), "source": "system"}
+    raise ValueError(f"unknown message type {type(message).__name__} (role {message.type!r})")
+
+
+def message_key(message: Mapping[str, str]) -> str:
+    """Identity of a message for "already written?" checks (role, source and text)."""
+    body = json.dumps([message["role"], message["source"], message["content"]])
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, dict) and block.get("type") == "text":
+                parts.append(str(block.get("text", "")))
+            else:
+                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+                raise ValueError(f"content block of type {kind!r}: the backbone takes text only")
+        return "".join(parts)
+    raise ValueError(f"message content must be text or a list of text blocks, got {content!r}")
+
+
+class DeltaMemory:
+    """The memory a `ChatDeltaMem` reads and writes, usable on its own.
+
+    Args:
+        engine: the backbone + adapter to write with (default: the shared engine of the embedded
+            backbone and default adapter, loaded on first use).
+        store: a LangGraph `BaseStore` to persist scopes in (survives restarts); None keeps
+            them in this process only.
+        namespace: the store namespace prefix; the scope name is the item key.
+        router: MSW routing of sources to states (default: dialogue → 0, tools hashed).
+        system_prompt: the context rendered before every write (never written itself).
+    """
+
+    def __init__(
+        self,
+        engine: DeltaMemEngine | None = None,
+        *,
+        store: BaseStore | None = None,
+        namespace: tuple[str, ...] = DEFAULT_NAMESPACE,
+        router: SourceRouter | None = None,
+        system_prompt: str = MEMORY_SYSTEM_PROMPT,
+        max_segment_tokens: int = 1024,
+    ) -> None:
+        self._engine = engine
+        self.store = store
+        self.namespace = tuple(namespace)
+        self._router = router
+        self.system_prompt = system_prompt
+        self.max_segment_tokens = max_segment_tokens
+        self._scopes: dict[str, _Scope] = {}
+        self._lock = threading.Lock()
+
+    # --- plumbing -----------------------------------------------------------------------
+    @property
+    def engine(self) -> DeltaMemEngine:
+        if self._engine is None:
+            self._engine = get_engine()
+        return self._engine
+
+    @property
+    def router(self) -> SourceRouter:
+        if self._router is None:
+            self._router = SourceRouter(self.engine.handle.config.num_states)
+        return self._router
+
+    @staticmethod
+    def scope_of(config: RunnableConfig | None = None, scope: str | None = None) -> str:
+        """An explicit scope, else the run's ``thread_id``, else ``"default"``."""
+        if scope is not None:
+            if not isinstance(scope, str) or not scope:
+                raise ValueError(f"scope must be a non-empty string, got {scope!r}")
+            return scope
+        thread = ((config or {}).get("configurable") or {}).get("thread_id")
+        return str(thread) if thread is not None else DEFAULT_SCOPE
+
+    @contextmanager
+    def _scope(self, scope: str) -> Iterator[_Scope]:
+        with self._lock:
+            record = self._scopes.get(scope)
+            if record is None:
+                record = self._load(scope)
+                self._scopes[scope] = record
+        with record.lock:
+            yield record
+
+    def _load(self, scope: str) -> _Scope:
+        if self.store is not None:
+            item = self.store.get(self.namespace, scope)
+            if item is not None:
+                return self._from_json(item.value, where=f"store {self.namespace}/{scope}")
+        return _Scope(self.engine.handle.new_state())
+
+    def _persist(self, scope: str, record: _Scope) -> None:
+        if self.store is not None:
+            self.store.put(self.namespace, scope, self._to_json(record))
+
+    # --- writing and reading ------------------------------------------------------------
+    def write(
+        self,
+        messages: Sequence[BaseMessage | Mapping[str, Any]],
+        *,
+        scope: str | None = None,
+        config: RunnableConfig | None = None,
+        skip_written: bool = False,
+    ) -> list[WrittenSegment]:
+        """Write messages into the scope's memory, one segment per message (system skipped).
+
+        Args:
+            skip_written: write only the messages after the last one this scope already holds
+                (what a chat model handed the whole history needs).
+        """
+        converted = [message_to_dict(m) for m in messages]
+        converted = [m for m in converted if m["role"] != "system"]
+        name = self.scope_of(config, scope)
+        with self._scope(name) as record:
+            if skip_written:
+                converted = _unwritten(converted, record.keys)
+            if not converted:
+                return []
+            state = record.state.clone()  # write a copy: a failure leaves the scope untouched
+            written = self._write_into(state, converted)
+            record.state = state
+            record.log.append(converted)
+            record.keys = (record.keys + [message_key(m) for m in converted])[-_KEY_HISTORY:]
+            self._persist(name, record)
+            return written
+
+    def _write_into(
+        self, state: MemoryState, messages: list[dict[str, str]]
+    ) -> list[WrittenSegment]:
+        engine = self.engine
+        return write_messages(
+            engine.handle,
+            engine.tokenizer,
+            state,
+            messages,
+            system_prompt=self.system_prompt,
+            router=self.router,
+            max_segment_tokens=self.max_segment_tokens,
+            max_forward_tokens=engine.context_length,
+        )
+
+    @contextmanager
+    def reading(
+        self, *, scope: str | None = None, config: RunnableConfig | None = None
+    ) -> Iterator[MemoryRun]:
+        """Forward passes inside read the scope's memory with writes off (state unchanged)."""
+        name = self.scope_of(config, scope)
+        with self._scope(name) as record:
+            with self.engine.handle.memory(record.state) as run:
+                yield run
+            record.last_ratio = run.correction_ratio() or record.last_ratio
+
+    def state(
+        self, *, scope: str | None = None, config: RunnableConfig | None = None
+    ) -> MemoryState:
+        """A copy of the scope's current state."""
+        with self._scope(self.scope_of(config, scope)) as record:
+            return record.state.clone()
+
+    # --- management ---------------------------------------------------------------------
+    def scopes(self) -> list[str]:
+        """Scopes known in this process (and in the store, if any)."""
+        names = set(self._scopes)
+        if self.store is not None:
+            names |= {item.key for item in self.store.search(self.namespace, limit=10_000)}
+        return sorted(names)
+
+    def reset(self, *, scope: str | None = None, config: RunnableConfig | None = None) -> None:
+        """Empty the scope's memory and log."""
+        name = self.scope_of(config, scope)
+        with self._scope(name) as record:
+            record.state = self.engine.handle.new_state()
+            record.log, record.keys, record.last_ratio = [], [], {}
+            self._persist(name, record)
+
+    def fork(self, source: str, target: str) -> None:
+        """Copy scope ``source`` (state and log) to ``target``, replacing what it held."""
+        data = self.export(scope=source)
+        self.import_(data, scope=target)
+
+    def export(self, *, scope: str | None = None, config: RunnableConfig | None = None) -> bytes:
+        """The scope as bytes (UTF-8 JSON with the state as base64 safetensors)."""
+        with self._scope(self.scope_of(config, scope)) as record:
+            return json.dumps(self._to_json(record), sort_keys=True).encode()
+
+    def import_(
+        self, data: bytes, *, scope: str | None = None, config: RunnableConfig | None = None
+    ) -> None:
+        """Replace the scope with exported bytes; refused (scope untouched) if they are corrupt
+        or come from another backbone or adapter."""
+        try:
+            body = json.loads(bytes(data).decode())
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
+            raise MemoryRecordError(f"memory export is not valid JSON: {err}") from err
+        incoming = self._from_json(body, where="import")
+        name = self.scope_of(config, scope)
+        with self._scope(name) as record:
+            record.state, record.log, record.keys = incoming.state, incoming.log, incoming.keys
+            record.last_ratio = {}
+            self._persist(name, record)
+
+    def forget(
+        self, index: int, *, scope: str | None = None, config: RunnableConfig | None = None
+    ) -> dict[str, str]:
+        """Forget the ``index``-th written segment (0 = oldest; negative counts from the end) by
+        replaying every other segment, in the original write calls, into an empty state.
+
+        Returns the forgotten segment.
+        """
+        name = self.scope_of(config, scope)
+        with self._scope(name) as record:
+            flat = [(g, i) for g, group in enumerate(record.log) for i in range(len(group))]
+            if not -len(flat) <= index < len(flat):
+                raise IndexError(f"scope {name!r} holds {len(flat)} segments; no segment {index}")
+            g, i = flat[index]
+            forgotten = record.log[g][i]
+            log = [
+                [m for j, m in enumerate(group) if (k, j) != (g, i)]
+                for k, group in enumerate(record.log)
+            ]
+            log = [group for group in log if group]
+            state = self.engine.handle.new_state()
+            for group in log:
+                self._write_into(state, group)
+            record.state, record.log = state, log
+            record.keys = [message_key(m) for group in log for m in group][-_KEY_HISTORY:]
+            self._persist(name, record)
+            return forgotten
+
+    def stats(
+        self, *, scope: str | None = None, config: RunnableConfig | None = None
+    ) -> dict[str, Any]:
+        """Writes per state, per-layer state norms, and the last read's correction ratios."""
+        name = self.scope_of(config, scope)
+        with self._scope(name) as record:
+            state = record.state
+            return {
+                "scope": name,
+                "segments": sum(len(g) for g in record.log),
+                "writes_per_state": state.write_counts[0].tolist(),
+                "state_bytes": state.nbytes_per_conversation,
+                "layers": [
+                    {"layer": row["layer"], "norm": row["norm"][0]} for row in state.stats()
+                ],
+                "correction_ratio": record.last_ratio,
+            }
+
+    # --- JSON records -------------------------------------------------------------------
+    def _to_json(self, record: _Scope) -> dict[str, Any]:
+        return {
+            "format": SCOPE_FORMAT,
+            "version": SCOPE_VERSION,
+            "state": base64.b64encode(record.state.to_bytes()).decode("ascii"),
+            "log": record.log,
+            "keys": record.keys,
+        }
+
+    def _from_json(self, body: Any, *, where: str) -> _Scope:
+        if not isinstance(body, dict) or body.get("format") != SCOPE_FORMAT:
+            raise MemoryRecordError(f"{where}: not a δ-mem memory record")
+        if body.get("version") != SCOPE_VERSION:
+            raise MemoryRecordError(f"{where}: unsupported record version {body.get('version')!r}")
+        try:
+            raw = base64.b64decode(body["state"], validate=True)
+            log = body["log"]
+            keys = body["keys"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise MemoryRecordError(f"{where}: corrupt memory record ({err})") from err
+        if (
+            not _valid_log(log)
+            or not isinstance(keys, list)
+            or not all(isinstance(k, str) for k in keys)
+        ):
+            raise MemoryRecordError(f"{where}: corrupt memory record (segment log)")
+        try:
+            state = self.engine.handle.load_state(raw)
+        except MemoryStateError as err:
+            raise MemoryRecordError(f"{where}: {err}") from err
+        return _Scope(state, log, keys)
+
+
+def _valid_log(log: Any) -> bool:
+    fields = {"role", "content", "source"}
+    return isinstance(log, list) and all(
+        isinstance(group, list)
+        and all(
+            isinstance(m, dict) and set(m) == fields and all(isinstance(v, str) for v in m.values())
+            for m in group
+        )
+        for group in log
+    )
+
+
+def _unwritten(messages: list[dict[str, str]], written_keys: list[str]) -> list[dict[str, str]]:
+    """The messages after the longest prefix of ``messages`` whose tail matches the written log.
+
+    A chat model is usually handed the whole history (or its last window) again each turn; the
+    new messages are those after the last point where the history lines up with what was written.
+    """
+    keys = [message_key(m) for m in messages]
+    for end in range(len(keys), 0, -1):
+        span = min(end, len(written_keys))
+        if span and keys[end - span : end] == written_keys[-span:]:
+            return messages[end:]
+    return messages
