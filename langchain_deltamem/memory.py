@@ -241,6 +241,25 @@ class DeltaMemory:
                 yield run
             record.last_ratio = run.correction_ratio() or record.last_ratio
 
+    @contextmanager
+    def held(
+        self, *, scope: str | None = None, config: RunnableConfig | None = None
+    ) -> Iterator[MemoryState]:
+        """Hold the scope (other calls on it wait) and give its live state, for a caller that
+        runs its own read, e.g. a generation loop entering ``handle.memory(state)`` itself.
+        The caller must not write into it; `record_read` keeps the read's correction ratios."""
+        with self._scope(self.scope_of(config, scope)) as record:
+            yield record.state
+
+    def record_read(
+        self, run: MemoryRun, *, scope: str | None = None, config: RunnableConfig | None = None
+    ) -> None:
+        """Keep the correction ratios of a read (shown by `stats`)."""
+        ratio = run.correction_ratio()
+        if ratio:
+            with self._scope(self.scope_of(config, scope)) as record:
+                record.last_ratio = ratio
+
     def state(
         self, *, scope: str | None = None, config: RunnableConfig | None = None
     ) -> MemoryState:

@@ -1,0 +1,432 @@
+"""`ChatDeltaMem`: a LangChain chat model hosting a δ-mem-steered local backbone.
+
+Input → output flow of one turn (``invoke``/``stream``/``batch`` and their async forms):
+
+1. The run's memory scope is resolved: ``scope`` if set, else the run config's ``thread_id``,
+   else ``"default"``.
+2. The prompt holds the system message and only the last ``window`` messages (the turn
+   policy); older messages reach the model through memory alone, so a turn costs the same at
+   message 500 as at message 5. A prompt that still overflows the context is trimmed from the
+   oldest message, with a warning.
+3. The reply is generated token by token reading the scope's memory with writes off (the
+   state is bit-for-bit unchanged by generation). Bound tools are offered through the
+   backbone's chat template when it supports them (Qwen3), else through a documented prompt
+   format (`tool_calling`); a forced tool call is decoded under a JSON-schema constraint.
+4. After the reply, the turn's new messages (those not yet in the scope's memory) and the reply
+   are written, one segment per message, by the same routine the trainer uses.
+
+Weights load on first use and are shared by every instance in the process that names the same
+backbone, adapter and dtype.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+import warnings
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
+from langchain_core.tools import BaseTool
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from .engine import DeltaMemEngine, get_engine
+from .generation import GenerationSettings, stream_generate
+from .memory import DeltaMemory, message_to_dict
+from .tool_calling import (
+    JsonSchemaConstraint,
+    normalize_tool_choice,
+    parse_tool_calls,
+    render_prompt,
+    split_tool_calls,
+    to_tool_schemas,
+    tool_names,
+)
+
+_CALL_CONFIG: ContextVar[RunnableConfig | None] = ContextVar("deltamem_call_config", default=None)
+_SHARED_MEMORIES: dict[tuple[str, str, str], DeltaMemory] = {}
+_SHARED_LOCK = threading.Lock()
+FORCED_CALL_MIN_TOKENS = 256  # a forced tool call always gets room to finish its JSON
+
+
+class ChatDeltaMem(BaseChatModel):
+    """Chat model with δ-mem long-term memory on a local Hugging Face backbone.
+
+    ``ChatDeltaMem()`` runs offline on the embedded SmolLM2-135M-Instruct with the project's
+    default adapter. Memory is kept per ``thread_id`` (see `DeltaMemory`)::
+
+        model = ChatDeltaMem()
+        config = {"configurable": {"thread_id": "alice"}}
+        model.invoke("My cat is called Juniper.", config=config)
+        model.invoke("What is my cat called?", config=config)
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    backbone: str | None = None
+    """Hugging Face id or local directory; None = the embedded SmolLM2-135M-Instruct."""
+    adapter: str | None = None
+    """Adapter directory (own or reference format) or ``fresh``/``fresh-tsw``/``fresh-msw``;
+    None = the project's default adapter."""
+    dtype: str = "float32"
+    """Backbone dtype: float32, bfloat16 or float16."""
+    max_tokens: int = Field(256, ge=1)
+    """Most tokens to generate per reply."""
+    temperature: float = Field(0.0, ge=0.0)
+    """0 = greedy decoding."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (with temperature > 0)."""
+    seed: int | None = None
+    """Sampling seed: the same seed and input give the same reply."""
+    stop: list[str] | None = None
+    """Strings that end the reply (not included in it)."""
+    window: int = Field(6, ge=1)
+    """Messages (besides the system message) kept in the prompt; the rest lives in memory."""
+    scope: str | None = None
+    """Memory scope for every call; None = the run config's thread_id, else "default"."""
+    system_prompt: str | None = None
+    """System message used when the input has none (None = the chat template's default)."""
+    write_memory: bool = True
+    """Write each turn into memory after the reply."""
+    memory: DeltaMemory | None = Field(default=None, exclude=True)
+    """The memory to use; None = one shared in-process memory per backbone/adapter/dtype."""
+
+    _tools_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # --- identity -----------------------------------------------------------------------
+    @property
+    def _llm_type(self) -> str:
+        return "deltamem"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone or "embedded:smollm2-135m-instruct",
+            "adapter": self.adapter or "default",
+            "dtype": self.dtype,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
+
+    @property
+    def engine(self) -> DeltaMemEngine:
+        """The shared backbone + adapter (loaded on first use)."""
+        return get_engine(self.backbone, self.adapter, self.dtype)
+
+    def get_memory(self) -> DeltaMemory:
+        """The `DeltaMemory` this model reads and writes."""
+        if self.memory is not None:
+            return self.memory
+        engine = self.engine
+        key = (engine.backbone, engine.adapter, self.dtype)
+        with _SHARED_LOCK:
+            if key not in _SHARED_MEMORIES:
+                _SHARED_MEMORIES[key] = DeltaMemory(engine)
+            return _SHARED_MEMORIES[key]
+
+    # --- config plumbing (so direct invoke(config=...) calls see their thread_id) --------
+    def invoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AIMessage:
+        token = _CALL_CONFIG.set(ensure_config(config))
+        try:
+            return super().invoke(input, config, **kwargs)
+        finally:
+            _CALL_CONFIG.reset(token)
+
+    def stream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[AIMessageChunk]:
+        token = _CALL_CONFIG.set(ensure_config(config))
+        try:
+            yield from super().stream(input, config, **kwargs)
+        finally:
+            _CALL_CONFIG.reset(token)
+
+    async def ainvoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AIMessage:
+        token = _CALL_CONFIG.set(ensure_config(config))
+        try:
+            return await super().ainvoke(input, config, **kwargs)
+        finally:
+            _CALL_CONFIG.reset(token)
+
+    async def astream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[AIMessageChunk]:
+        token = _CALL_CONFIG.set(ensure_config(config))
+        try:
+            async for chunk in super().astream(input, config, **kwargs):
+                yield chunk
+        finally:
+            _CALL_CONFIG.reset(token)
+
+    def _run_config(self) -> RunnableConfig:
+        return _CALL_CONFIG.get() or ensure_config()
+
+    # --- tools --------------------------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Any | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Offer tools (LangChain tools, pydantic models, functions or OpenAI schemas).
+
+        ``tool_choice``: "auto" (default), "none", "any"/"required"/True (some call), or a
+        tool name / ``{"type": "function", "function": {"name": ...}}`` (that call); forced
+        calls are decoded so their arguments are valid JSON for the tool's schema.
+        """
+        schemas = to_tool_schemas(tools)
+        normalize_tool_choice(tool_choice, tool_names(schemas))  # fail early on a bad choice
+        return super().bind(tools=schemas, tool_choice=tool_choice, **kwargs)
+
+    # --- generation ---------------------------------------------------------------------
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        final: ChatGenerationChunk | None = None
+        for chunk in self._stream(messages, stop=stop, run_manager=run_manager, **kwargs):
+            final = chunk if final is None else final + chunk
+        assert final is not None  # _stream always yields a last chunk with usage
+        message = final.message
+        generation = ChatGeneration(
+            message=AIMessage(
+                content=message.content,
+                tool_calls=message.tool_calls,
+                invalid_tool_calls=message.invalid_tool_calls,
+                usage_metadata=message.usage_metadata,
+                response_metadata=message.response_metadata,
+                id=message.id,
+            ),
+            generation_info=final.generation_info,
+        )
+        return ChatResult(generations=[generation])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        if not messages:
+            raise ValueError("ChatDeltaMem needs at least one message")
+        for message in messages:  # fail before any work on unknown roles / non-text blocks
+            message_to_dict(message)
+        engine = self.engine
+        memory = self.get_memory()
+        scope = memory.scope_of(self._run_config(), self.scope)
+        tools = kwargs.get("tools") or []
+        mode, forced = normalize_tool_choice(kwargs.get("tool_choice"), tool_names(tools))
+        settings = GenerationSettings(
+            max_tokens=kwargs.get("max_tokens", self.max_tokens),
+            temperature=kwargs.get("temperature", self.temperature),
+            top_p=kwargs.get("top_p", self.top_p),
+            seed=kwargs.get("seed", self.seed),
+            stop=tuple(stop if stop is not None else (self.stop or ())),
+        )
+        prompt_messages = self._prompt_messages(messages)
+        input_ids = self._encode(engine, prompt_messages, tools, kwargs.get("tool_choice"))
+        constraint = None
+        if tools and mode == "required":
+            constraint = JsonSchemaConstraint(engine.tokenizer, tools, forced)
+            if settings.max_tokens < FORCED_CALL_MIN_TOKENS:  # room to close the call's JSON
+                settings = dataclasses.replace(settings, max_tokens=FORCED_CALL_MIN_TOKENS)
+        buffer_for_tools = bool(tools) and mode != "none"
+
+        handle = engine.handle
+        runs: list[Any] = []
+
+        def stop_tracking() -> None:  # correction norms on the prompt's prefill only
+            active = handle.active_run()
+            if active is not None:
+                runs.append(active)
+                active.track_corrections = False
+
+        with memory.held(scope=scope) as state:
+            stream = stream_generate(
+                engine.model,
+                engine.tokenizer,
+                input_ids,
+                settings,
+                logits_processor=constraint,
+                memory=handle.memory(state),
+                on_first_forward=stop_tracking,
+            )
+            while True:
+                try:
+                    piece = next(stream)
+                except StopIteration as done:
+                    result = done.value
+                    break
+                if buffer_for_tools or not piece.text:
+                    continue
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(piece.text, chunk=chunk)
+                yield chunk
+        if runs:
+            memory.record_read(runs[0], scope=scope)
+
+        text, calls = (result.text, [])
+        if buffer_for_tools:
+            text, calls = parse_tool_calls(result.text, tool_names(tools))
+        valid, invalid = split_tool_calls(calls)
+        usage = {
+            "input_tokens": result.prompt_tokens,
+            "output_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        }
+        finish = "tool_calls" if valid else result.finish_reason
+        last = AIMessageChunk(
+            content=text if buffer_for_tools else "",
+            tool_call_chunks=[
+                tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+                for i, c in enumerate(valid)
+            ],
+            invalid_tool_calls=invalid,
+            usage_metadata=usage,
+            response_metadata={
+                "model_name": engine.backbone,
+                "finish_reason": finish,
+                "memory_scope": scope,
+            },
+            chunk_position="last",
+        )
+        final = ChatGenerationChunk(message=last, generation_info={"finish_reason": finish})
+        if run_manager is not None and buffer_for_tools and text:
+            run_manager.on_llm_new_token(text, chunk=final)
+        yield final
+        if self.write_memory:
+            reply = AIMessage(content=text if buffer_for_tools else result.text, tool_calls=valid)
+            turn = [m for m in messages if not isinstance(m, SystemMessage)]
+            memory.write([*turn, reply], scope=scope, skip_written=True)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """Runs the whole sync stream in one worker thread (the event loop never blocks, and
+        the scope lock is taken and released by the same thread)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        config = self._run_config()
+
+        def produce() -> None:
+            token = _CALL_CONFIG.set(config)
+            try:
+                for chunk in self._stream(messages, stop=stop, **kwargs):
+                    loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+            except BaseException as err:  # re-raised in the event loop
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", err))
+            finally:
+                _CALL_CONFIG.reset(token)
+
+        worker = threading.Thread(target=produce, name="deltamem-astream", daemon=True)
+        worker.start()
+        while True:
+            kind, value = await queue.get()
+            if kind == "error":
+                raise value
+            if kind == "done":
+                break
+            if run_manager is not None and value.message.content:
+                await run_manager.on_llm_new_token(str(value.message.content), chunk=value)
+            yield value
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        final: ChatGenerationChunk | None = None
+        async for chunk in self._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
+            final = chunk if final is None else final + chunk
+        assert final is not None
+        message = final.message
+        return ChatResult(
+            generations=[
+                ChatGeneration(
+                    message=AIMessage(
+                        content=message.content,
+                        tool_calls=message.tool_calls,
+                        invalid_tool_calls=message.invalid_tool_calls,
+                        usage_metadata=message.usage_metadata,
+                        response_metadata=message.response_metadata,
+                        id=message.id,
+                    ),
+                    generation_info=final.generation_info,
+                )
+            ]
+        )
+
+    # --- prompt -------------------------------------------------------------------------
+    def _prompt_messages(self, messages: list[BaseMessage]) -> list[BaseMessage]:
+        """System message + the last ``window`` messages (never starting on a tool result
+        whose call was cut off)."""
+        system = [m for m in messages if isinstance(m, SystemMessage)]
+        rest = [m for m in messages if not isinstance(m, SystemMessage)]
+        start = max(0, len(rest) - self.window)
+        while start > 0 and isinstance(rest[start], ToolMessage):
+            start -= 1
+        if not system and self.system_prompt:
+            system = [SystemMessage(self.system_prompt)]
+        return system[:1] + rest[start:]
+
+    def _encode(
+        self,
+        engine: DeltaMemEngine,
+        messages: list[BaseMessage],
+        tools: list[dict[str, Any]],
+        tool_choice: Any,
+    ) -> Any:
+        """Token ids of the prompt, trimmed from the oldest message to fit the context."""
+        limit = engine.context_length - self.max_tokens - 1
+        kept = list(messages)
+        while True:
+            text = render_prompt(engine.tokenizer, kept, tools or None, tool_choice)
+            ids = engine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+            if ids.shape[1] <= limit:
+                return ids
+            first = 1 if kept and isinstance(kept[0], SystemMessage) else 0
+            if len(kept) - first > 1:
+                kept.pop(first)
+                continue
+            warnings.warn(
+                f"the prompt ({ids.shape[1]} tokens) exceeds the context budget ({limit}); "
+                "it is cut to its last tokens (the whole message is still written to memory)",
+                stacklevel=4,
+            )
+            return ids[:, -limit:]
