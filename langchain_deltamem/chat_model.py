@@ -48,6 +48,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from .backbones import EMBEDDED_BACKBONE
 from .engine import DeltaMemEngine, get_engine
 from .generation import GenerationSettings, stream_generate
 from .memory import DeltaMemory, message_to_dict
@@ -119,13 +120,21 @@ class ChatDeltaMem(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {
-            "backbone": self.backbone or "embedded:smollm2-135m-instruct",
+            "backbone": self.backbone or EMBEDDED_BACKBONE,
             "adapter": self.adapter or "default",
             "dtype": self.dtype,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
         }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "deltamem"
+        params["ls_model_name"] = self.backbone or EMBEDDED_BACKBONE
+        params["ls_max_tokens"] = kwargs.get("max_tokens", self.max_tokens)
+        params["ls_temperature"] = kwargs.get("temperature", self.temperature)
+        return params
 
     @property
     def engine(self) -> DeltaMemEngine:
