@@ -222,20 +222,7 @@ class ChatDeltaMem(BaseChatModel):
         final: ChatGenerationChunk | None = None
         for chunk in self._stream(messages, stop=stop, run_manager=run_manager, **kwargs):
             final = chunk if final is None else final + chunk
-        assert final is not None  # _stream always yields a last chunk with usage
-        message = final.message
-        generation = ChatGeneration(
-            message=AIMessage(
-                content=message.content,
-                tool_calls=message.tool_calls,
-                invalid_tool_calls=message.invalid_tool_calls,
-                usage_metadata=message.usage_metadata,
-                response_metadata=message.response_metadata,
-                id=message.id,
-            ),
-            generation_info=final.generation_info,
-        )
-        return ChatResult(generations=[generation])
+        return _chat_result(final)
 
     def _stream(
         self,
@@ -383,23 +370,7 @@ class ChatDeltaMem(BaseChatModel):
         final: ChatGenerationChunk | None = None
         async for chunk in self._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
             final = chunk if final is None else final + chunk
-        assert final is not None
-        message = final.message
-        return ChatResult(
-            generations=[
-                ChatGeneration(
-                    message=AIMessage(
-                        content=message.content,
-                        tool_calls=message.tool_calls,
-                        invalid_tool_calls=message.invalid_tool_calls,
-                        usage_metadata=message.usage_metadata,
-                        response_metadata=message.response_metadata,
-                        id=message.id,
-                    ),
-                    generation_info=final.generation_info,
-                )
-            ]
-        )
+        return _chat_result(final)
 
     # --- prompt -------------------------------------------------------------------------
     def _prompt_messages(self, messages: list[BaseMessage]) -> list[BaseMessage]:
@@ -439,3 +410,21 @@ class ChatDeltaMem(BaseChatModel):
                 stacklevel=4,
             )
             return ids[:, -limit:]
+
+
+def _chat_result(final: ChatGenerationChunk | None) -> ChatResult:
+    """The aggregated stream as one `ChatResult` (``_stream`` always ends with a usage chunk)."""
+    if final is None:
+        raise RuntimeError("generation produced no output chunk")
+    message = final.message
+    reply = AIMessage(
+        content=message.content,
+        tool_calls=message.tool_calls,
+        invalid_tool_calls=message.invalid_tool_calls,
+        usage_metadata=message.usage_metadata,
+        response_metadata=message.response_metadata,
+        id=message.id,
+    )
+    return ChatResult(
+        generations=[ChatGeneration(message=reply, generation_info=final.generation_info)]
+    )
