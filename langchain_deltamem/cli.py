@@ -11,19 +11,29 @@ def main(argv: list[str] | None = None) -> None:
     demo = sub.add_parser("demo", help="write a conversation into memory and ask about it")
     demo.add_argument("--max-new-tokens", type=int, default=24)
     demo.add_argument("--seed", type=int, default=0)
+    chat = sub.add_parser("chat", help="interactive chat with memory kept in a file")
+    from . import chat_cli
+
+    chat_cli.add_arguments(chat)
     bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios")
-    bench.add_argument("which", choices=["core"])
+    bench.add_argument("which", choices=["core", "turns"])
     bench.add_argument("--out")
-    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--repeats", type=int, default=None, help="default: 5 (core), 3 (turns)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from . import demo as demo_module
 
         demo_module.main(["--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed)])
+    elif args.command == "chat":
+        raise SystemExit(chat_cli.run_from_args(args))
+    elif args.command == "bench" and args.which == "turns":
+        from .bench import turns
+
+        turns.main(out=args.out, repeats=args.repeats or 3)
     elif args.command == "bench":
         from .bench import core
 
-        core.main(out=args.out, repeats=args.repeats)
+        core.main(out=args.out, repeats=args.repeats or 5)
 
 
 if __name__ == "__main__":
