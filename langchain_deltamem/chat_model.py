@@ -27,7 +27,6 @@ import json
 import threading
 import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -51,9 +50,9 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from .backbones import EMBEDDED_BACKBONE
 from .engine import DeltaMemEngine, get_engine
 from .generation import GenerationSettings, stream_generate
+from .json_constraint import JsonSchemaConstraint
 from .memory import DeltaMemory, message_to_dict
 from .tool_calling import (
-    JsonSchemaConstraint,
     normalize_tool_choice,
     parse_tool_calls,
     render_prompt,
@@ -62,7 +61,6 @@ from .tool_calling import (
     tool_names,
 )
 
-_CALL_CONFIG: ContextVar[RunnableConfig | None] = ContextVar("deltamem_call_config", default=None)
 _SHARED_MEMORIES: dict[tuple[str, str, str], DeltaMemory] = {}
 _SHARED_LOCK = threading.Lock()
 FORCED_CALL_MIN_TOKENS = 256  # a forced tool call always gets room to finish its JSON
@@ -131,7 +129,8 @@ class ChatDeltaMem(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "deltamem"
-        params["ls_model_name"] = self.backbone or EMBEDDED_BACKBONE
+        if "model" not in kwargs:  # a per-call model name, if given, is what was asked for
+            params["ls_model_name"] = self.backbone or EMBEDDED_BACKBONE
         params["ls_max_tokens"] = kwargs.get("max_tokens", self.max_tokens)
         params["ls_temperature"] = kwargs.get("temperature", self.temperature)
         return params
@@ -152,46 +151,42 @@ class ChatDeltaMem(BaseChatModel):
                 _SHARED_MEMORIES[key] = DeltaMemory(engine)
             return _SHARED_MEMORIES[key]
 
-    # --- config plumbing (so direct invoke(config=...) calls see their thread_id) --------
+    # --- scope plumbing ------------------------------------------------------------------
+    # The scope is resolved from the call's config here and travels as the ``memory_scope``
+    # keyword, because ``_stream`` never sees the config (and a context variable set around
+    # a generator does not survive being iterated from another context, as chains do).
     def invoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AIMessage:
-        token = _CALL_CONFIG.set(ensure_config(config))
-        try:
-            return super().invoke(input, config, **kwargs)
-        finally:
-            _CALL_CONFIG.reset(token)
+        return super().invoke(input, config, **self._with_scope(config, kwargs))
 
     def stream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[AIMessageChunk]:
-        token = _CALL_CONFIG.set(ensure_config(config))
-        try:
-            yield from super().stream(input, config, **kwargs)
-        finally:
-            _CALL_CONFIG.reset(token)
+        return super().stream(input, config, **self._with_scope(config, kwargs))
 
     async def ainvoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AIMessage:
-        token = _CALL_CONFIG.set(ensure_config(config))
-        try:
-            return await super().ainvoke(input, config, **kwargs)
-        finally:
-            _CALL_CONFIG.reset(token)
+        return await super().ainvoke(input, config, **self._with_scope(config, kwargs))
 
-    async def astream(
+    def astream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[AIMessageChunk]:
-        token = _CALL_CONFIG.set(ensure_config(config))
-        try:
-            async for chunk in super().astream(input, config, **kwargs):
-                yield chunk
-        finally:
-            _CALL_CONFIG.reset(token)
+        return super().astream(input, config, **self._with_scope(config, kwargs))
 
-    def _run_config(self) -> RunnableConfig:
-        return _CALL_CONFIG.get() or ensure_config()
+    def _with_scope(self, config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` plus ``memory_scope``: a per-call scope wins, then ``self.scope``, then
+        the run's ``thread_id`` (from ``config`` or the surrounding runnable), else default."""
+        explicit = kwargs.get("memory_scope")
+        scope = explicit if explicit is not None else self.scope
+        return {**kwargs, "memory_scope": DeltaMemory.scope_of(ensure_config(config), scope)}
+
+    def _scope_for_call(self, kwargs: dict[str, Any]) -> str:
+        """The scope of a call that did not come through invoke/stream (e.g. ``generate``)."""
+        explicit = kwargs.get("memory_scope")
+        scope = explicit if explicit is not None else self.scope
+        return DeltaMemory.scope_of(ensure_config(), scope)
 
     # --- tools --------------------------------------------------------------------------
     def bind_tools(
@@ -237,7 +232,7 @@ class ChatDeltaMem(BaseChatModel):
             message_to_dict(message)
         engine = self.engine
         memory = self.get_memory()
-        scope = memory.scope_of(self._run_config(), self.scope)
+        scope = self._scope_for_call(kwargs)
         tools = kwargs.get("tools") or []
         mode, forced = normalize_tool_choice(kwargs.get("tool_choice"), tool_names(tools))
         settings = GenerationSettings(
@@ -251,9 +246,11 @@ class ChatDeltaMem(BaseChatModel):
         input_ids = self._encode(engine, prompt_messages, tools, kwargs.get("tool_choice"))
         constraint = None
         if tools and mode == "required":
-            constraint = JsonSchemaConstraint(engine.tokenizer, tools, forced)
-            if settings.max_tokens < FORCED_CALL_MIN_TOKENS:  # room to close the call's JSON
-                settings = dataclasses.replace(settings, max_tokens=FORCED_CALL_MIN_TOKENS)
+            # a forced call gets room for a useful call, and is always closed within it
+            shortest = JsonSchemaConstraint(engine.tokenizer, tools, forced).min_tokens
+            budget = max(settings.max_tokens, FORCED_CALL_MIN_TOKENS, shortest)
+            settings = dataclasses.replace(settings, max_tokens=budget)
+            constraint = JsonSchemaConstraint(engine.tokenizer, tools, forced, max_tokens=budget)
         buffer_for_tools = bool(tools) and mode != "none"
 
         handle = engine.handle
@@ -335,18 +332,15 @@ class ChatDeltaMem(BaseChatModel):
         the scope lock is taken and released by the same thread)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        config = self._run_config()
+        kwargs = {**kwargs, "memory_scope": self._scope_for_call(kwargs)}  # resolved here
 
         def produce() -> None:
-            token = _CALL_CONFIG.set(config)
             try:
                 for chunk in self._stream(messages, stop=stop, **kwargs):
                     loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
                 loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
             except BaseException as err:  # re-raised in the event loop
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", err))
-            finally:
-                _CALL_CONFIG.reset(token)
 
         worker = threading.Thread(target=produce, name="deltamem-astream", daemon=True)
         worker.start()

@@ -80,8 +80,14 @@ class CorrectedLinear(nn.Module):
         if read is None:
             return out
         # ``read`` is already scaled by α/r (once per layer, in the attention pre-hook)
-        delta = F.linear(read, self._handle.layers[self.layer_id].correction_head(self.head))
-        delta = delta.to(out.dtype)
+        weight = self._handle.layers[self.layer_id].correction_head(self.head)
+        if not run.track_corrections and out.dtype == read.dtype:
+            # out + read Uᵀ as one fused op: decoding pays per op, not per flop
+            flat = torch.addmm(
+                out.reshape(-1, out.shape[-1]), read.reshape(-1, read.shape[-1]), weight.t()
+            )
+            return flat.view(out.shape)
+        delta = F.linear(read, weight).to(out.dtype)
         if run.track_corrections:
             run.record_correction(self.layer_id, self.head, delta, out)
         return out + delta
@@ -119,6 +125,7 @@ class MemoryRun:
     writes: torch.Tensor
     track_corrections: bool = True
     reads: dict[int, torch.Tensor] = field(default_factory=dict)
+    scaled_states: dict[int, torch.Tensor] = field(default_factory=dict)  # (α/r)·S, reads only
     plan: _ForwardPlan | None = None
     _norms: dict[tuple[int, str], list[torch.Tensor]] = field(default_factory=dict)  # [‖Δ‖, ‖out‖]
 
@@ -491,20 +498,26 @@ class DeltaMem:
                 raise MemoryStateError(
                     f"state batch {state.shape[0]} != input batch {hidden.shape[0]}"
                 )
-            read, new_state = self.layers[layer_id](
-                hidden.float(),
-                state,
-                write=run.write,
-                write_mask=plan.write_mask,
-                segment_pool=plan.segment_pool,
-                segment_mask=plan.segment_mask,
-            )
-            read = read * self.config.scale  # once here rather than at every corrected seam
+            layer = self.layers[layer_id]
+            if not run.write:  # the state is fixed for the block: read it pre-scaled by α/r
+                scaled = run.scaled_states.get(position)
+                if scaled is None:
+                    scaled = run.scaled_states[position] = state * self.config.scale
+                read = layer.read(hidden.float(), scaled)
+            else:
+                read, new_state = layer(
+                    hidden.float(),
+                    state,
+                    write=True,
+                    write_mask=plan.write_mask,
+                    segment_pool=plan.segment_pool,
+                    segment_mask=plan.segment_mask,
+                )
+                read = read * self.config.scale  # once here rather than at every seam
+                run.state.layers[position] = new_state
             if plan.valid is not None:
                 read = read * plan.valid[..., None]
             run.reads[layer_id] = read
-            if run.write:
-                run.state.layers[position] = new_state
 
         return before_attention
 

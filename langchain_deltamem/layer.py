@@ -129,6 +129,10 @@ class DeltaMemLayer(nn.Module):
         return F.linear(read, self.correction_head(head)) * self.config.scale
 
     # --- memory access ------------------------------------------------------------------
+    def read(self, h: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Read without writing: ``S q`` for every token, ``[B, T, d] -> [B, T, R]``."""
+        return read_state(state, self.queries(h)).flatten(-2)
+
     def forward(
         self,
         h: torch.Tensor,
@@ -155,9 +159,9 @@ class DeltaMemLayer(nn.Module):
             token reads the state from before the call; with TSW each token reads the state
             left by the tokens before it.
         """
-        q = self.queries(h)
         if not write:
-            return read_state(state, q).flatten(-2), state
+            return self.read(h, state), state
+        q = self.queries(h)
         mode = self.config.update_mode
         if segment_pool is None:
             k, v, beta = self.write_inputs(h)

@@ -22,13 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, FunctionMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.store.base import BaseStore
 
 from .engine import DeltaMemEngine, get_engine
 from .injection import MemoryRun
 from .state import MemoryState, MemoryStateError
+from .tool_calling import content_text, message_role
 from .writing import MEMORY_SYSTEM_PROMPT, SourceRouter, WrittenSegment, write_messages
 
 SCOPE_FORMAT = "langchain-deltamem/scope"
@@ -55,57 +56,35 @@ def message_to_dict(message: BaseMessage | Mapping[str, Any]) -> dict[str, str]:
     """A LangChain message (or ``{"role", "content"}`` dict) as a memory segment.
 
     Tool results get the source ``tool:<name>`` (their own MSW state); an AI message's tool calls
-    are kept as text so the memory knows what was asked. Raises ValueError on an unknown role or a
-    content block that is not text.
+    are kept as text so the memory knows what was asked. Content follows the prompt's rules
+    (`tool_calling.content_text`): reasoning and tool-call blocks are skipped, media blocks and
+    unknown roles raise ValueError.
     """
     if isinstance(message, Mapping):
         role, content = message.get("role"), message.get("content")
         if role not in ("user", "assistant", "tool", "system"):
             raise ValueError(f"unknown message role {role!r}; expected user/assistant/tool/system")
         source = str(message.get("source") or role)
-        return {"role": role, "content": _text(content), "source": source}
-    if isinstance(message, HumanMessage):
-        return {"role": "user", "content": _text(message.content), "source": "user"}
+        return {"role": role, "content": content_text(content, role), "source": source}
+    if isinstance(message, ToolMessage | FunctionMessage):
+        name = message.name or "tool"
+        text = content_text(message.content, "tool")
+        return {"role": "tool", "content": text, "source": f"tool:{name}"}
+    role = message_role(message)
+    text = content_text(message.content, role)
     if isinstance(message, AIMessage):
-        text = _text(message.content)
         calls = [
             "<tool_call>" + json.dumps({"name": c["name"], "arguments": c["args"]}) + "</tool_call>"
             for c in message.tool_calls
         ]
-        return {
-            "role": "assistant",
-            "content": "\n".join(p for p in [text, *calls] if p),
-            "source": "assistant",
-        }
-    if isinstance(message, ToolMessage):
-        name = message.name or "tool"
-        return {"role": "tool", "content": _text(message.content), "source": f"tool:{name}"}
-    if message.type == "system":
-        return {"role": "system", "content": _text(message.content), "source": "system"}
-    raise ValueError(f"unknown message type {type(message).__name__} (role {message.type!r})")
+        text = "\n".join(p for p in [text, *calls] if p)
+    return {"role": role, "content": text, "source": role}
 
 
 def message_key(message: Mapping[str, str]) -> str:
     """Identity of a message for "already written?" checks (role, source and text)."""
     body = json.dumps([message["role"], message["source"], message["content"]])
     return hashlib.sha256(body.encode()).hexdigest()[:16]
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict) and block.get("type") == "text":
-                parts.append(str(block.get("text", "")))
-            else:
-                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-                raise ValueError(f"content block of type {kind!r}: the backbone takes text only")
-        return "".join(parts)
-    raise ValueError(f"message content must be text or a list of text blocks, got {content!r}")
 
 
 class DeltaMemory:

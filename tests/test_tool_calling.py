@@ -29,8 +29,8 @@ from pydantic import BaseModel, Field
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
+from langchain_deltamem.json_constraint import JsonSchemaConstraint
 from langchain_deltamem.tool_calling import (
-    JsonSchemaConstraint,
     format_tool_call,
     normalize_tool_choice,
     parse_ai_message,
@@ -1075,6 +1075,52 @@ def test_constraint_excludes_special_and_broken_tokens(fake) -> None:
     assert not allowed & {0, 1, fake.vocab.index("\ufffd"), fake.vocab.index("\n")}
 
 
+def test_a_tool_with_empty_properties_gets_only_an_empty_object(fake) -> None:
+    """``"properties": {}`` (a LangChain tool without arguments) closes the object: a model
+    that loves letters and quotes cannot invent keys."""
+
+    @tool
+    def clock() -> str:
+        """Tell the time."""
+        return "noon"
+
+    schemas = to_tool_schemas([clock])
+    assert schemas[0]["function"]["parameters"].get("properties") == {}
+    constraint = JsonSchemaConstraint(fake, schemas, "clock", **LIMITS)
+    hostile = [fake.vocab.index('"'), fake.vocab.index("a")]
+    for seed in range(5):
+        text = drive(constraint, fake, seed, boost=hostile)
+        assert text == '<tool_call>{"name": "clock", "arguments": {}}</tool_call>'
+
+
+@pytest.mark.parametrize("case", list(SCHEMA_CASES))
+def test_a_token_budget_always_closes_the_call_in_time(fake, case: str) -> None:
+    """With ``max_tokens``, a model that would write letters forever still ends a valid call
+    within the budget, at the tightest budget the constraint accepts and above it."""
+    schemas = to_tool_schemas(SCHEMA_CASES[case])
+    names = tool_names(schemas)
+    loose = {"max_string_length": 500, "max_array_items": 50, "max_object_keys": 50}
+    shortest = JsonSchemaConstraint(fake, schemas, names[0], **loose).min_tokens
+    letters = [fake.vocab.index(c) for c in "abc"]
+    for budget in (shortest, shortest + 1, shortest + 7, shortest + 40):
+        constraint = JsonSchemaConstraint(fake, schemas, names[0], max_tokens=budget, **loose)
+        for seed in range(4):
+            text = drive(constraint, fake, seed, boost=letters, max_steps=budget)
+            assert assert_valid_call(text, schemas, names)["name"] == names[0]
+            assert len(constraint._consumed) <= budget
+
+
+def test_a_budget_below_the_shortest_call_is_refused(fake) -> None:
+    schemas = to_tool_schemas([get_weather])
+    shortest = JsonSchemaConstraint(fake, schemas, "get_weather").min_tokens
+    # the shortest call: the fixed text around an empty city string
+    assert shortest == len(
+        '<tool_call>{"name": "get_weather", "arguments": {"city": ""}}</tool_call>'
+    )
+    with pytest.raises(ValueError, match="too small for the shortest valid call"):
+        JsonSchemaConstraint(fake, schemas, "get_weather", max_tokens=shortest - 1)
+
+
 # --------------------------------------------------------------------------------------
 # The real SmolLM2 tokenizer and model (slow: loads the embedded backbone)
 # --------------------------------------------------------------------------------------
@@ -1138,3 +1184,56 @@ def test_smollm2_forced_call_end_to_end(smollm2) -> None:
     call = assert_valid_call(text, schemas, ["get_weather"])
     assert call["name"] == "get_weather"
     assert isinstance(call["args"]["city"], str)
+
+
+CJK_TOOL = {
+    "name": "translate",
+    "description": "Store a translation.",
+    "parameters": {
+        "type": "object",
+        "properties": {"text": {"type": "string"}, "note": {"type": "string"}},
+        "required": ["text", "note"],
+    },
+}
+
+
+@pytest.mark.slow
+def test_smollm2_forced_call_accepts_characters_split_across_tokens(embedded) -> None:
+    """SmolLM2 writes most CJK characters and emoji as several byte tokens; the tokenizer's
+    own encoding of a valid call holding them is accepted token by token, and a closing
+    quote is refused while a character is half written."""
+    _, tokenizer = embedded
+    schemas = to_tool_schemas([CJK_TOOL])
+    constraint = JsonSchemaConstraint(tokenizer, schemas, "translate")
+    args = {"text": "你好世界", "note": "naïve café 😀"}
+    call = '<tool_call>{"name": "translate", "arguments": ' + json.dumps(args, ensure_ascii=False)
+    call += "}</tool_call>"
+    ids = tokenizer.encode(call, add_special_tokens=False)
+    quote = tokenizer.encode('"', add_special_tokens=False)
+    split_seen = False
+    for i, token in enumerate(ids):
+        allowed = set(constraint.allowed_token_ids(ids[:i]))
+        assert token in allowed, (i, tokenizer.decode(ids[:i]))
+        if constraint._pending:
+            split_seen = True
+            assert quote[0] not in allowed
+    assert split_seen  # the test string really does split characters across tokens
+    assert constraint.allowed_token_ids(ids) == [constraint.eos_token_id]
+    assert constraint.text == call
+    (parsed,) = parse_tool_calls(constraint.text, ["translate"])[1]
+    assert parsed["args"] == args
+
+
+@pytest.mark.slow
+def test_smollm2_random_logits_within_a_budget_with_multibyte_text(embedded) -> None:
+    """Random logits biased towards byte tokens: every call is valid UTF-8 JSON within the
+    budget."""
+    _, tokenizer = embedded
+    schemas = to_tool_schemas([CJK_TOOL])
+    table_bytes = list(JsonSchemaConstraint(tokenizer, schemas)._table.partial)
+    assert len(table_bytes) >= 64
+    budget = JsonSchemaConstraint(tokenizer, schemas).min_tokens + 20
+    constraint = JsonSchemaConstraint(tokenizer, schemas, "translate", max_tokens=budget)
+    for seed in range(3):
+        text = drive(constraint, tokenizer, seed, boost=table_bytes[:300], max_steps=budget)
+        assert_valid_call(text, schemas, ["translate"])

@@ -1,0 +1,166 @@
+"""LangChain's standard chat-model test suites, run against `ChatDeltaMem`.
+
+The unit suite only constructs models (nothing loads). The integration suite runs the real
+embedded SmolLM2-135M-Instruct on CPU with a short ``max_tokens`` and greedy decoding; every
+model the suite builds gets its own memory scope, so what one test writes never steers another.
+
+The backbone is text only: the multimodal tests are replaced by ``xfail`` tests that send a
+small local payload of that kind (no download) and expect the clear ``ValueError`` the model
+raises; the standard versions would fetch their media from the internet first.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+# langchain-tests is a test-only dependency; without it this module is skipped, not broken.
+pytest.importorskip("langchain_tests", reason="langchain-tests is not installed")
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from langchain_deltamem.chat_model import ChatDeltaMem
+
+_SCOPES = itertools.count()
+TEXT_ONLY = "text-only backbone: non-text content blocks are refused with ValueError"
+# A 1x1 PNG, a minimal PDF and a short WAV header: enough to build content blocks offline.
+PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000154a24f5f0000000049454e44ae426082"
+    )
+).decode()
+PDF = base64.b64encode(b"%PDF-1.1\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n").decode()
+WAV = base64.b64encode(b"RIFF$\x00\x00\x00WAVEfmt " + bytes(28)).decode()
+
+
+def _scope(kind: str) -> str:
+    return f"standard-{kind}-{next(_SCOPES)}"  # a fresh memory for every model built
+
+
+class TestChatDeltaMemUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ChatDeltaMem
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        # max_tokens and temperature come from the suite's standard params (some tests pass
+        # them again next to these)
+        return {"scope": _scope("unit")}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False  # one process-wide engine per backbone; no per-call backbone switch
+
+
+@pytest.mark.slow
+@pytest.mark.anyio  # the async standard tests run on asyncio (anyio's default backend)
+class TestChatDeltaMemIntegration(ChatModelIntegrationTests):
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ChatDeltaMem
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"max_tokens": 32, "temperature": 0, "scope": _scope("integration")}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return False  # no native JSON mode; structured output goes through a forced tool call
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supports_anthropic_inputs(self) -> bool:
+        return True  # text, tool_use and thinking blocks (no image: image inputs are off)
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False
+
+    # --- multimodal: text-only backbone ---------------------------------------------------
+    # The media flags stay False (the standard tests would download their media); these
+    # replacements check, offline, that each kind of block is refused cleanly.
+    @pytest.mark.xfail(reason=TEXT_ONLY, raises=ValueError, strict=True)
+    def test_image_inputs(self, model: BaseChatModel) -> None:
+        image = {"type": "image", "base64": PNG, "mime_type": "image/png"}
+        model.invoke([HumanMessage([{"type": "text", "text": "Describe it."}, image])])
+
+    @pytest.mark.xfail(reason=TEXT_ONLY, raises=ValueError, strict=True)
+    def test_pdf_inputs(self, model: BaseChatModel) -> None:
+        pdf = {"type": "file", "base64": PDF, "mime_type": "application/pdf"}
+        model.invoke([HumanMessage([{"type": "text", "text": "Summarise it."}, pdf])])
+
+    @pytest.mark.xfail(reason=TEXT_ONLY, raises=ValueError, strict=True)
+    def test_audio_inputs(self, model: BaseChatModel) -> None:
+        audio = {"type": "audio", "base64": WAV, "mime_type": "audio/wav"}
+        model.invoke([HumanMessage([{"type": "text", "text": "Transcribe it."}, audio])])
+
+    @pytest.mark.xfail(reason=TEXT_ONLY, raises=ValueError, strict=True)
+    def test_image_tool_message(self, model: BaseChatModel) -> None:
+        self._invoke_with_tool_result(
+            model, {"type": "image", "base64": PNG, "mime_type": "image/png"}
+        )
+
+    @pytest.mark.xfail(reason=TEXT_ONLY, raises=ValueError, strict=True)
+    def test_pdf_tool_message(self, model: BaseChatModel) -> None:
+        self._invoke_with_tool_result(
+            model, {"type": "file", "base64": PDF, "mime_type": "application/pdf"}
+        )
+
+    @staticmethod
+    def _invoke_with_tool_result(model: BaseChatModel, block: dict[str, Any]) -> None:
+        def fetch_document() -> str:
+            """Return a document."""
+            return ""
+
+        call = {"type": "tool_call", "id": "1", "name": "fetch_document", "args": {}}
+        messages = [
+            HumanMessage("Fetch the document and describe it."),
+            AIMessage([], tool_calls=[call]),
+            ToolMessage([block], tool_call_id="1", name="fetch_document"),
+        ]
+        model.bind_tools([fetch_document]).invoke(messages)
+
+    # --- the 135M model's own choices -----------------------------------------------------
+    @pytest.mark.xfail(
+        reason="tool_choice='auto': the 135M backbone answers the weather question in prose "
+        "instead of deciding to call the tool (forced calls work: test_tool_calling, "
+        "test_tool_choice)",
+        strict=False,
+    )
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
