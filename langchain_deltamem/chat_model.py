@@ -63,7 +63,6 @@ from .tool_calling import (
 
 _SHARED_MEMORIES: dict[tuple[str, str, str], DeltaMemory] = {}
 _SHARED_LOCK = threading.Lock()
-FORCED_CALL_MIN_TOKENS = 256  # a forced tool call always gets room to finish its JSON
 
 
 class ChatDeltaMem(BaseChatModel):
@@ -246,9 +245,9 @@ class ChatDeltaMem(BaseChatModel):
         input_ids = self._encode(engine, prompt_messages, tools, kwargs.get("tool_choice"))
         constraint = None
         if tools and mode == "required":
-            # a forced call gets room for a useful call, and is always closed within it
+            # the call is always closed within max_tokens (raised to the shortest valid call)
             shortest = JsonSchemaConstraint(engine.tokenizer, tools, forced).min_tokens
-            budget = max(settings.max_tokens, FORCED_CALL_MIN_TOKENS, shortest)
+            budget = max(settings.max_tokens, shortest)
             settings = dataclasses.replace(settings, max_tokens=budget)
             constraint = JsonSchemaConstraint(engine.tokenizer, tools, forced, max_tokens=budget)
         buffer_for_tools = bool(tools) and mode != "none"

@@ -126,6 +126,7 @@ class MemoryRun:
     track_corrections: bool = True
     reads: dict[int, torch.Tensor] = field(default_factory=dict)
     scaled_states: dict[int, torch.Tensor] = field(default_factory=dict)  # (α/r)·S, reads only
+    gates: list[torch.Tensor] | None = None  # mean write gate per layer and forward, if asked
     plan: _ForwardPlan | None = None
     _norms: dict[tuple[int, str], list[torch.Tensor]] = field(default_factory=dict)  # [‖Δ‖, ‖out‖]
 
@@ -318,6 +319,7 @@ class DeltaMem:
         segment_ids: torch.Tensor | None = None,
         routes: torch.Tensor | Sequence[Sequence[int]] | None = None,
         track_corrections: bool = True,
+        collect_gates: bool = False,
     ) -> Iterator[MemoryRun]:
         """Forward passes inside this block read ``state`` and, with ``write``, write it.
 
@@ -331,6 +333,7 @@ class DeltaMem:
                 ``[B, S, H]`` bool tensor, or one list of state indices per segment. Default:
                 every segment writes every state.
             track_corrections: record correction-to-output norms (see `MemoryRun`).
+            collect_gates: keep each layer's mean write gate in ``run.gates`` (training).
         """
         if self._run.get() is not None:
             raise RuntimeError("a δ-mem memory block is already active in this context")
@@ -348,6 +351,7 @@ class DeltaMem:
             routes,
             writes=torch.zeros_like(state.write_counts),
             track_corrections=track_corrections,
+            gates=[] if collect_gates else None,
         )
         token = self._run.set(run)
         try:
@@ -512,6 +516,7 @@ class DeltaMem:
                     write_mask=plan.write_mask,
                     segment_pool=plan.segment_pool,
                     segment_mask=plan.segment_mask,
+                    gates_out=run.gates,
                 )
                 read = read * self.config.scale  # once here rather than at every seam
                 run.state.layers[position] = new_state

@@ -142,6 +142,7 @@ class DeltaMemLayer(nn.Module):
         write_mask: torch.Tensor | None = None,
         segment_pool: torch.Tensor | None = None,
         segment_mask: torch.Tensor | None = None,
+        gates_out: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Read (and optionally write) the state for one forward call.
 
@@ -153,6 +154,8 @@ class DeltaMemLayer(nn.Module):
             segment_pool: segment writes (SSW): ``[B, S, T]`` averaging matrix whose row ``s``
                 turns the call's tokens into the mean input of segment ``s``.
             segment_mask: SSW: ``[B, S, H]`` which segment writes which state.
+            gates_out: when given, the mean write gate of the tokens/segments that wrote is
+                appended (training's write-sparsity penalty is taken on real writes only).
 
         Returns:
             ``(read [B, T, R], new_state [B, H, r, r])``. With SSW, or without writes, every
@@ -165,9 +168,21 @@ class DeltaMemLayer(nn.Module):
         mode = self.config.update_mode
         if segment_pool is None:
             k, v, beta = self.write_inputs(h)
+            if gates_out is not None:
+                gates_out.append(_mean_written(beta, write_mask))
             reads, new_state = delta_rule_scan(q, k, v, beta, state, mode=mode, valid=write_mask)
             return reads.flatten(-2), new_state
         pooled = segment_pool @ h  # [B, S, d]: one mean input per segment
         k, v, beta = self.write_inputs(pooled)
+        if gates_out is not None:
+            gates_out.append(_mean_written(beta, segment_mask))
         _, new_state = delta_rule_scan(k, k, v, beta, state, mode=mode, valid=segment_mask)
         return read_state(state, q).flatten(-2), new_state
+
+
+def _mean_written(beta: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean gate ``[B, N, H, r]`` over the (position, state) pairs that ``mask`` lets write."""
+    if mask is None:
+        return beta.mean()
+    weights = mask.to(beta.dtype)[..., None].expand_as(beta)
+    return (beta * weights).sum() / weights.sum().clamp_min(1.0)

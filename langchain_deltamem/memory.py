@@ -36,6 +36,8 @@ SCOPE_FORMAT = "langchain-deltamem/scope"
 SCOPE_VERSION = 1
 DEFAULT_NAMESPACE = ("deltamem", "memory")
 DEFAULT_SCOPE = "default"
+SNAPSHOT_FORMAT = "langchain-deltamem/snapshot"
+SNAPSHOT_KEYS = 64  # message keys a snapshot keeps: enough to line up any prompt window
 _KEY_HISTORY = 256  # message keys remembered for new-message detection (bounded)
 
 
@@ -287,6 +289,61 @@ class DeltaMemory:
             record.state, record.log, record.keys = incoming.state, incoming.log, incoming.keys
             record.last_ratio = {}
             self._persist(name, record)
+
+    def snapshot(
+        self,
+        *,
+        scope: str | None = None,
+        config: RunnableConfig | None = None,
+        keys: int = SNAPSHOT_KEYS,
+    ) -> dict[str, Any]:
+        """The scope's state as a fixed-size record for a graph checkpoint: the state bytes and
+        the keys of the last ``keys`` messages written (for new-message detection), without
+        the segment log, so its size does not grow with the conversation."""
+        with self._scope(self.scope_of(config, scope)) as record:
+            return {
+                "format": SNAPSHOT_FORMAT,
+                "version": SCOPE_VERSION,
+                "state": record.state.to_bytes(),
+                "keys": list(record.keys[-keys:]) if keys > 0 else [],
+            }
+
+    def restore(
+        self,
+        snapshot: Mapping[str, Any],
+        *,
+        scope: str | None = None,
+        config: RunnableConfig | None = None,
+    ) -> bool:
+        """Make the scope hold a `snapshot` (e.g. from a checkpoint). Refused with
+        `MemoryRecordError`, scope untouched, if it is corrupt or from another backbone or
+        adapter. A snapshot carries no segment log: after a restore that changed the state,
+        `forget` covers only segments written since. Returns whether anything changed."""
+        where = "graph memory snapshot"
+        if not isinstance(snapshot, Mapping) or snapshot.get("format") != SNAPSHOT_FORMAT:
+            raise MemoryRecordError(f"{where}: not a δ-mem memory snapshot")
+        if snapshot.get("version") != SCOPE_VERSION:
+            raise MemoryRecordError(
+                f"{where}: unsupported snapshot version {snapshot.get('version')!r}"
+            )
+        raw, keys = snapshot.get("state"), snapshot.get("keys")
+        if not isinstance(raw, bytes | bytearray):
+            raise MemoryRecordError(f"{where}: 'state' must be bytes, got {type(raw).__name__}")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise MemoryRecordError(f"{where}: 'keys' must be a list of strings")
+        name = self.scope_of(config, scope)
+        with self._scope(name) as record:
+            held_keys = record.keys[-len(keys) :] if keys else []
+            if held_keys == keys and record.state.to_bytes() == bytes(raw):
+                return False  # already there: keep the log
+            try:
+                state = self.engine.handle.load_state(bytes(raw))
+            except MemoryStateError as err:
+                raise MemoryRecordError(f"{where}: {err}") from err
+            record.state, record.log, record.keys = state, [], list(keys)
+            record.last_ratio = {}
+            self._persist(name, record)
+            return True
 
     def forget(
         self, index: int, *, scope: str | None = None, config: RunnableConfig | None = None

@@ -83,6 +83,7 @@ def write_messages(
     max_segment_tokens: int = 1024,
     max_forward_tokens: int | None = None,
     grad: bool = False,
+    gate_log: list[torch.Tensor] | None = None,
 ) -> list[WrittenSegment]:
     """Write ``messages`` into ``state`` (batch of one), one segment per message.
 
@@ -98,6 +99,8 @@ def write_messages(
             tokens, each its own segment.
         max_forward_tokens: cap on one forward (default: the backbone's context length).
         grad: keep the autograd graph through the state (training); else ``no_grad``.
+        gate_log: when given, each layer's mean write gate is appended (training's
+            write-sparsity penalty).
 
     Returns:
         The segments written, in order (the replay log).
@@ -117,7 +120,9 @@ def write_messages(
             tokenizer, [system, *({"role": m["role"], "content": m["content"]} for m in group)]
         )
         routes = [[router.state_for(m["source"])] for m in group]
-        _forward_write(handle, state, encoded.input_ids, encoded.segment_ids, routes, grad)
+        _forward_write(
+            handle, state, encoded.input_ids, encoded.segment_ids, routes, grad, gate_log
+        )
         written.extend(WrittenSegment(m["source"], m["content"]) for m in group)
     return written
 
@@ -129,6 +134,7 @@ def _forward_write(
     segment_ids: torch.Tensor,
     routes: list[list[int]],
     grad: bool,
+    gate_log: list[torch.Tensor] | None = None,
 ) -> None:
     model: nn.Module = handle.model
     device = state.device
@@ -140,9 +146,12 @@ def _forward_write(
             write=True,
             segment_ids=segment_ids.to(device),
             routes=routes if use_routes else None,
-        ),
+            collect_gates=gate_log is not None,
+        ) as run,
     ):
         model(input_ids.to(device), use_cache=False)
+    if gate_log is not None and run.gates:
+        gate_log.extend(run.gates)
 
 
 def _split_long_messages(
@@ -193,6 +202,26 @@ def _group_for_context(
             current, used = [], overhead
         current.append(piece)
         used += cost
+    if current:
+        groups.append(current)
+    return groups
+
+
+def turn_groups(messages: Sequence[Mapping[str, str]]) -> list[list[Mapping[str, str]]]:
+    """Split a history into the write calls a chat model makes while living through it.
+
+    `ChatDeltaMem` writes after each reply: the messages it was handed that memory did not
+    hold yet (user messages, tool results) plus its reply. So each group ends at an assistant
+    message; messages after the last one form a final group. The trainer writes episodes in
+    exactly these calls, so training and run time build the same state.
+    """
+    groups: list[list[Mapping[str, str]]] = []
+    current: list[Mapping[str, str]] = []
+    for message in messages:
+        current.append(message)
+        if message.get("role") == "assistant":
+            groups.append(current)
+            current = []
     if current:
         groups.append(current)
     return groups
