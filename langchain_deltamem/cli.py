@@ -19,11 +19,29 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("which", choices=["core", "turns"])
     bench.add_argument("--out")
     bench.add_argument("--repeats", type=int, default=None, help="default: 5 (core), 3 (turns)")
+    from .training import run as train_run
+
+    train_run.add_arguments(sub.add_parser("train", help="train an adapter (CPU by default)"))
+    data = sub.add_parser("data", help="generate synthetic episodes as JSONL", add_help=False)
+    data.add_argument("data_args", nargs=argparse.REMAINDER)
+    evaluate = sub.add_parser("eval", help="evaluations")
+    which_eval = evaluate.add_subparsers(dest="evaluation", required=True)
+    from .evaluation import recall
+
+    recall.add_arguments(which_eval.add_parser("recall", help="held-out recall from memory"))
     args = parser.parse_args(argv)
     if args.command == "demo":
         from . import demo as demo_module
 
         demo_module.main(["--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed)])
+    elif args.command == "data":
+        from .training import data as data_module
+
+        data_module.main(args.data_args)
+    elif args.command == "train":
+        train_run.run_from_args(args)
+    elif args.command == "eval" and args.evaluation == "recall":
+        recall.run_from_args(args)
     elif args.command == "chat":
         raise SystemExit(chat_cli.run_from_args(args))
     elif args.command == "bench" and args.which == "turns":

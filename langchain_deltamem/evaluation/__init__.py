@@ -1,0 +1,1 @@
+"""Evaluation: paired bootstrap intervals, held-out recall, LoCoMo and cost curves."""

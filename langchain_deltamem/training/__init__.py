@@ -1,0 +1,1 @@
+"""Training: synthetic episodes, the episode trainer, held-out recall evaluation."""

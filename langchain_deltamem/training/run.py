@@ -1,0 +1,120 @@
+"""``deltamem train``: command-line options → `TrainConfig` → `Trainer` (CPU by default).
+
+Runs on the CPU as a plain command; under ``accelerate launch`` (several processes, e.g. GPUs)
+each process takes its share of every batch and gradients are averaged (not tested here).
+Rerunning the same command with the same ``--out`` resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from ..config import DeltaMemConfig
+from .trainer import TrainConfig, Trainer
+
+WRITE_MODES = {
+    "ssw": {"write_granularity": "segment", "num_states": 1},
+    "tsw": {"write_granularity": "token", "num_states": 1},
+    "msw": {"write_granularity": "segment", "num_states": 4},
+}
+
+
+def parse_curriculum(text: str) -> tuple[tuple[int, int | None], ...]:
+    """``"0:2,100:16,300:"`` → ``((0, 2), (100, 16), (300, None))`` (empty = open pool)."""
+    pairs = []
+    for part in text.split(","):
+        step, _, candidates = part.partition(":")
+        try:
+            pairs.append((int(step), int(candidates) if candidates.strip() else None))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(
+                f"curriculum entry {part!r}: expected STEP:CANDIDATES (e.g. 0:2,100:)"
+            ) from err
+    return tuple(pairs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--out", required=True, help="run directory (resumed if it exists)")
+    parser.add_argument("--backbone", default=None, help="HF id or directory (default: embedded)")
+    parser.add_argument("--mode", choices=sorted(WRITE_MODES), default="ssw")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--heads", default="q,o", help="correction heads, e.g. q,o or q,k,v,o")
+    parser.add_argument("--alpha", type=float, default=None, help="scale numerator (16)")
+    parser.add_argument("--output-init", choices=["zero", "base_slice"], default=None)
+    parser.add_argument("--output-init-scale", type=float, default=None)
+    parser.add_argument("--beta-bias", type=float, default=None, help="initial gate bias")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many now")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup-steps", type=int, default=30)
+    parser.add_argument("--sparsity", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=25)
+    parser.add_argument("--data", default=None, help="JSONL episodes or chats (default: synthetic)")
+    parser.add_argument("--num-facts", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--kinds", nargs="*", default=None)
+    parser.add_argument("--curriculum", type=parse_curriculum, default=((0, None),))
+    parser.add_argument("--init-adapter", default=None)
+    parser.add_argument("--tool-state", action="append", default=[], metavar="TOOL=INDEX")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    adapter: dict[str, Any] = {
+        **WRITE_MODES[args.mode],
+        "rank": args.rank,
+        "heads": tuple(h.strip() for h in args.heads.split(",") if h.strip()),
+    }
+    for option, field in (
+        ("alpha", "alpha"),
+        ("output_init", "output_init"),
+        ("output_init_scale", "output_init_scale"),
+        ("beta_bias", "beta_bias_init"),
+    ):
+        if getattr(args, option) is not None:
+            adapter[field] = getattr(args, option)
+    return TrainConfig(
+        backbone=args.backbone,
+        adapter=DeltaMemConfig(**adapter),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        sparsity=args.sparsity,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        data=args.data,
+        num_facts=tuple(args.num_facts),
+        kinds=tuple(args.kinds) if args.kinds else None,
+        curriculum=args.curriculum,
+        init_adapter=args.init_adapter,
+        tool_states={k: int(v) for k, v in (item.split("=", 1) for item in args.tool_state)},
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    config = config_from_args(args)
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+    trainer = Trainer(config, args.out, accelerator=accelerator)
+    adapter_dir = trainer.run(max_steps=args.max_steps, progress=not args.no_progress)
+    if trainer.step >= config.steps:
+        print(f"adapter written to {adapter_dir}")
+    else:
+        print(f"stopped at step {trainer.step}/{config.steps}; rerun to resume")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = add_arguments(argparse.ArgumentParser(prog="deltamem train"))
+    run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

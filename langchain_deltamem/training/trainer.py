@@ -1,0 +1,365 @@
+"""The episode trainer: adapter parameters only, frozen backbone, resumable on a CPU.
+
+A step = ``batch_size`` episodes (`episodes.episode_loss` each, gradients accumulated), AdamW,
+cosine schedule with warm-up, gradient clipping. Data for step ``k`` is a pure function of the
+seed and ``k`` (synthetic episodes are generated on the fly, JSONL episodes are visited in a
+seeded order), so a run resumed from a checkpoint sees exactly the batches it would have seen.
+
+Output directory::
+
+    adapter/                   the trained adapter (own format), written at the end
+    checkpoint/                adapter + trainer.pt (optimizer, scheduler, RNG) + trainer.json
+    metrics.jsonl              one line per step: loss, answer NLL, gate mean, lr, tokens/s
+    loss.png                   the loss curve (refreshed at each checkpoint)
+    train_config.json          the run's configuration
+
+Under ``accelerate launch`` each process takes its share of every batch and gradients are
+averaged across processes before the step (kept working, not tested here: no GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from ..adapter_files import load_adapter, save_adapter
+from ..backbones import load_backbone
+from ..config import DeltaMemConfig
+from ..injection import attach
+from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
+from . import data as episode_data
+from .episodes import episode_loss
+
+CHECKPOINT_DIR = "checkpoint"
+ADAPTER_DIR = "adapter"
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (saved next to its outputs)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backbone: str | None = None
+    """Hugging Face id or directory; None = the embedded SmolLM2-135M-Instruct."""
+    adapter: DeltaMemConfig = Field(default_factory=DeltaMemConfig)
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(30, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    sparsity: float = Field(0.0, ge=0)
+    """Weight of the mean write gate of what was written (keeps writes selective)."""
+    seed: int = 0
+    checkpoint_every: int = Field(25, ge=1)
+    data: str | None = None
+    """A JSONL file of episodes or chats; None = synthetic episodes generated per step."""
+    num_facts: tuple[int, ...] = (1, 2)
+    kinds: tuple[str, ...] | None = None
+    curriculum: tuple[tuple[int, int | None], ...] = ((0, None),)
+    """``(from_step, candidates)`` pairs: how many candidate values per type synthetic
+    episodes draw from, from that step on (None = the whole open pool)."""
+    tool_states: dict[str, int] = Field(default_factory=dict)
+    system_prompt: str = MEMORY_SYSTEM_PROMPT
+    init_adapter: str | None = None
+    """Start from this adapter directory instead of a fresh one."""
+
+
+def candidates_at(config: TrainConfig, step: int) -> int | None:
+    """The curriculum's candidate-pool size at ``step``."""
+    current: int | None = None
+    for start, candidates in sorted(config.curriculum, key=lambda pair: pair[0]):
+        if step >= start:
+            current = candidates
+    return current
+
+
+class EpisodeSource:
+    """The episodes of each step, a pure function of (seed, step)."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.fixed: list[episode_data.Episode] | None = None
+        if config.data is not None:
+            path = Path(config.data)
+            try:
+                self.fixed = episode_data.read_jsonl(path)
+            except ValueError:
+                self.fixed = episode_data.load_chats_jsonl(path)
+            if not self.fixed:
+                raise ValueError(f"{path}: no episodes")
+
+    def batch(self, step: int) -> list[episode_data.Episode]:
+        config = self.config
+        if self.fixed is None:
+            return episode_data.generate_episodes(
+                config.batch_size,
+                split="train",
+                seed=config.seed * 1_000_003 + step,
+                num_facts=config.num_facts,
+                kinds=config.kinds,
+                candidates=candidates_at(config, step),
+            )
+        n = len(self.fixed)
+        out = []
+        for i in range(step * config.batch_size, (step + 1) * config.batch_size):
+            epoch, index = divmod(i, n)
+            order = list(range(n))
+            random.Random(config.seed * 7919 + epoch).shuffle(order)
+            out.append(self.fixed[order[index]])
+        return out
+
+
+def cosine_lr(step: int, config: TrainConfig) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to 10 % of the peak."""
+    if step < config.warmup_steps:
+        return (step + 1) / (config.warmup_steps + 1)
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Runs (or resumes) one training run into ``out_dir``."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, *, accelerator: Any = None):
+        self.config = config
+        self.out = Path(out_dir)
+        self.accelerator = accelerator
+        torch.manual_seed(config.seed)
+        model, self.tokenizer = load_backbone(config.backbone)
+        if accelerator is not None:
+            model = model.to(accelerator.device)
+        if config.init_adapter is not None:
+            self.handle = load_adapter(model, config.init_adapter)
+        else:
+            self.handle = attach(model, config.adapter, seed=config.seed)
+        self.router = SourceRouter(self.handle.config.num_states, config.tool_states)
+        self.params = list(self.handle.parameters())
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: cosine_lr(step, config)
+        )
+        self.source = EpisodeSource(config)
+        self.step = 0
+
+    # --- the loop -------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    def run(self, *, max_steps: int | None = None, progress: bool = True) -> Path:
+        """Train until ``config.steps`` (or ``max_steps`` more steps); returns the adapter dir.
+
+        Resumes from ``out_dir/checkpoint`` when present."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_or_write_config()
+        self._resume()
+        end = (
+            self.config.steps
+            if max_steps is None
+            else min(self.config.steps, self.step + max_steps)
+        )
+        bar = tqdm(
+            total=self.config.steps,
+            initial=self.step,
+            desc="train",
+            disable=not (progress and self.is_main),
+            dynamic_ncols=True,
+        )
+        try:
+            while self.step < end:
+                record = self.train_step()
+                if self.is_main:
+                    self._log(record)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{record['loss']:.3f}",
+                    nll=f"{record['answer_nll']:.3f}",
+                    tok_s=f"{record['tokens_per_s']:.0f}",
+                )
+                if self.step % self.config.checkpoint_every == 0 or self.step == end:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if self.step >= self.config.steps and self.is_main:
+            save_adapter(self.handle, self.out / ADAPTER_DIR)
+        return self.out / ADAPTER_DIR
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over the step's batch; returns its metrics."""
+        config = self.config
+        episodes = self.source.batch(self.step)
+        if self.accelerator is not None:  # each process takes its share of the batch
+            rank, world = self.accelerator.process_index, self.accelerator.num_processes
+            episodes = episodes[rank::world]
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, nlls, gates, tokens = [], [], [], 0
+        for episode in episodes:
+            result = episode_loss(
+                self.handle,
+                self.tokenizer,
+                episode.history(),
+                episode.question,
+                episode.answer,
+                router=self.router,
+                sparsity=config.sparsity,
+                system_prompt=config.system_prompt,
+            )
+            (result.loss / len(episodes)).backward()
+            losses.append(float(result.loss.detach()))
+            nlls.append(float(result.answer_nll))
+            gates.append(float(result.gate_mean))
+            tokens += result.tokens
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        elapsed = time.perf_counter() - start
+        return {
+            "step": self.step,
+            "loss": sum(losses) / len(losses),
+            "answer_nll": sum(nlls) / len(nlls),
+            "gate_mean": sum(gates) / len(gates),
+            "grad_norm": float(grad_norm),
+            "lr": lr,
+            "candidates": candidates_at(config, self.step - 1),
+            "tokens_per_s": tokens / max(elapsed, 1e-9),
+            "seconds": elapsed,
+        }
+
+    # --- files ----------------------------------------------------------------------------
+    def _check_or_write_config(self) -> None:
+        path = self.out / "train_config.json"
+        body = self.config.model_dump(mode="json")
+        if path.exists():
+            stored = json.loads(path.read_text())
+            if stored != body:
+                raise ValueError(
+                    f"{self.out} holds a run with another configuration; use a new --out "
+                    "directory (or the same settings) to resume"
+                )
+        elif self.is_main:
+            path.write_text(json.dumps(body, indent=2) + "\n")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with (self.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self) -> None:
+        """Adapter + optimizer + scheduler + RNG + step, published atomically."""
+        if not self.is_main:
+            return
+        final = self.out / CHECKPOINT_DIR
+        tmp = self.out / f".{CHECKPOINT_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_adapter(self.handle, tmp / ADAPTER_DIR)
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp / "trainer.pt",
+        )
+        (tmp / "trainer.json").write_text(json.dumps({"step": self.step}) + "\n")
+        old = self.out / f".{CHECKPOINT_DIR}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        self._truncate_metrics()
+        plot_loss(self.out / "metrics.jsonl", self.out / "loss.png")
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines past the checkpoint (written by a run that died after them)."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln)["step"] <= self.step]
+        if len(kept) != len(lines):
+            path.write_text("".join(ln + "\n" for ln in kept))
+
+    def _resume(self) -> None:
+        checkpoint = self.out / CHECKPOINT_DIR
+        if not (checkpoint / "trainer.json").exists():
+            return
+        step = json.loads((checkpoint / "trainer.json").read_text())["step"]
+        model = self.handle.model
+        self.handle.detach()
+        self.handle = load_adapter(model, checkpoint / ADAPTER_DIR)
+        self.params = list(self.handle.parameters())
+        state = torch.load(checkpoint / "trainer.pt", weights_only=True)  # never unpickle code
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
+        # the scheduler first: building it sets the groups' lr, which the optimizer's saved
+        # state (the lr of the next step) must then overwrite
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_lr(s, self.config)
+        )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(step)
+        self._truncate_metrics()
+
+
+def read_metrics(path: Path) -> Iterator[dict[str, Any]]:
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                yield json.loads(line)
+
+
+def plot_loss(metrics: Path, png: Path) -> None:
+    """Loss and answer NLL per step (with a 25-step running mean) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(read_metrics(metrics))
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "loss"), ("answer_nll", "answer NLL")):
+        values = [r[key] for r in rows]
+        ax.plot(steps, values, alpha=0.3, linewidth=0.8)
+        window = 25
+        smooth = [
+            sum(values[max(0, i - window + 1) : i + 1])
+            / len(values[max(0, i - window + 1) : i + 1])
+            for i in range(len(values))
+        ]
+        ax.plot(steps, smooth, label=f"{label} (running mean)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats per answer token")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png)
