@@ -81,6 +81,8 @@ class CorrectedLinear(nn.Module):
             return out
         # ``read`` is already scaled by α/r (once per layer, in the attention pre-hook)
         weight = self._handle.layers[self.layer_id].correction_head(self.head)
+        if run.detach_inputs:
+            read, weight = read.detach(), weight.detach()
         if not run.track_corrections and out.dtype == read.dtype:
             # out + read Uᵀ as one fused op: decoding pays per op, not per flop
             flat = torch.addmm(
@@ -127,6 +129,7 @@ class MemoryRun:
     reads: dict[int, torch.Tensor] = field(default_factory=dict)
     scaled_states: dict[int, torch.Tensor] = field(default_factory=dict)  # (α/r)·S, reads only
     gates: list[torch.Tensor] | None = None  # mean write gate per layer and forward, if asked
+    detach_inputs: bool = False  # write from detached hidden states, add detached corrections
     plan: _ForwardPlan | None = None
     _norms: dict[tuple[int, str], list[torch.Tensor]] = field(default_factory=dict)  # [‖Δ‖, ‖out‖]
 
@@ -320,6 +323,7 @@ class DeltaMem:
         routes: torch.Tensor | Sequence[Sequence[int]] | None = None,
         track_corrections: bool = True,
         collect_gates: bool = False,
+        detach_inputs: bool = False,
     ) -> Iterator[MemoryRun]:
         """Forward passes inside this block read ``state`` and, with ``write``, write it.
 
@@ -334,6 +338,10 @@ class DeltaMem:
                 every segment writes every state.
             track_corrections: record correction-to-output norms (see `MemoryRun`).
             collect_gates: keep each layer's mean write gate in ``run.gates`` (training).
+            detach_inputs: training's truncated write pass: the memory reads the backbone's
+                hidden states as constants and its corrections enter the backbone detached,
+                so gradients reach the state through the write maths only and the backbone
+                records no graph (the backward pass skips it).
         """
         if self._run.get() is not None:
             raise RuntimeError("a δ-mem memory block is already active in this context")
@@ -352,6 +360,7 @@ class DeltaMem:
             writes=torch.zeros_like(state.write_counts),
             track_corrections=track_corrections,
             gates=[] if collect_gates else None,
+            detach_inputs=detach_inputs,
         )
         token = self._run.set(run)
         try:
@@ -503,6 +512,8 @@ class DeltaMem:
                     f"state batch {state.shape[0]} != input batch {hidden.shape[0]}"
                 )
             layer = self.layers[layer_id]
+            if run.detach_inputs:
+                hidden = hidden.detach()
             if not run.write:  # the state is fixed for the block: read it pre-scaled by α/r
                 scaled = run.scaled_states.get(position)
                 if scaled is None:

@@ -84,6 +84,7 @@ def write_messages(
     max_forward_tokens: int | None = None,
     grad: bool = False,
     gate_log: list[torch.Tensor] | None = None,
+    detach_inputs: bool = False,
 ) -> list[WrittenSegment]:
     """Write ``messages`` into ``state`` (batch of one), one segment per message.
 
@@ -101,6 +102,9 @@ def write_messages(
         grad: keep the autograd graph through the state (training); else ``no_grad``.
         gate_log: when given, each layer's mean write gate is appended (training's
             write-sparsity penalty).
+        detach_inputs: with ``grad``, keep gradients in the write maths only (see
+            `DeltaMem.memory`); much cheaper to train, the write pass's backward skips the
+            backbone.
 
     Returns:
         The segments written, in order (the replay log).
@@ -121,7 +125,14 @@ def write_messages(
         )
         routes = [[router.state_for(m["source"])] for m in group]
         _forward_write(
-            handle, state, encoded.input_ids, encoded.segment_ids, routes, grad, gate_log
+            handle,
+            state,
+            encoded.input_ids,
+            encoded.segment_ids,
+            routes,
+            grad,
+            gate_log,
+            detach_inputs,
         )
         written.extend(WrittenSegment(m["source"], m["content"]) for m in group)
     return written
@@ -135,6 +146,7 @@ def _forward_write(
     routes: list[list[int]],
     grad: bool,
     gate_log: list[torch.Tensor] | None = None,
+    detach_inputs: bool = False,
 ) -> None:
     model: nn.Module = handle.model
     device = state.device
@@ -147,6 +159,7 @@ def _forward_write(
             segment_ids=segment_ids.to(device),
             routes=routes if use_routes else None,
             collect_gates=gate_log is not None,
+            detach_inputs=detach_inputs,
         ) as run,
     ):
         model(input_ids.to(device), use_cache=False)

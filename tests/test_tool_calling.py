@@ -732,15 +732,23 @@ def test_prompted_prompt_text(chatml) -> None:
     )
 
 
-def test_other_roles_and_legacy_function_message(chatml) -> None:
+def test_chat_message_roles_and_legacy_function_message(chatml) -> None:
     rendered = render_messages(
         chatml,
-        [ChatMessage(role="critic", content="hmm"), FunctionMessage(name="f", content="42")],
+        [
+            ChatMessage(role="human", content="hi"),
+            ChatMessage(role="ai", content="hello"),
+            FunctionMessage(name="f", content="42"),
+        ],
     )
     assert rendered == [
-        {"role": "critic", "content": "hmm"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
         {"role": "user", "content": '<tool_response name="f">\n42\n</tool_response>'},
     ]
+    # a role neither the prompt nor memory can place is refused by name
+    with pytest.raises(ValueError, match="ChatMessage role 'critic' is not supported"):
+        render_messages(chatml, [ChatMessage(role="critic", content="hmm")])
 
 
 def test_content_blocks(chatml) -> None:

@@ -192,3 +192,54 @@ def test_deltamem_train_cli_runs_a_step(tmp_path: Path, capsys: pytest.CaptureFi
     assert "stopped at step 1/2" in capsys.readouterr().out
     assert (out / "checkpoint" / "trainer.pt").exists()
     assert json.loads((out / "train_config.json").read_text())["adapter"]["rank"] == 4
+
+
+@pytest.mark.slow
+def test_truncated_writes_change_the_backward_not_the_loss() -> None:
+    """The default truncated write pass gives the same loss; its gradients still reach the
+    write parameters, and the write forwards leave no graph through the backbone."""
+    engine = get_engine(adapter="fresh-tsw")
+    handle, tokenizer = engine.handle, engine.tokenizer
+    messages = [
+        {"role": "user", "content": "My locker code is 4471.", "source": "user"},
+        {"role": "assistant", "content": "Noted.", "source": "assistant"},
+    ]
+    grads = {}
+    losses = {}
+    for truncated in (True, False):
+        for p in handle.parameters():
+            p.grad = None
+        result = episode_loss(
+            handle, tokenizer, messages, "My locker code?", "4471", truncated_writes=truncated
+        )
+        result.loss.backward()
+        losses[truncated] = float(result.loss)
+        layer = handle.layers[handle.layer_ids[3]]
+        grads[truncated] = layer.memory_v_proj.grad.clone()
+    for p in handle.parameters():
+        p.grad = None
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+    assert float(grads[True].abs().sum()) > 0
+    assert not torch.equal(grads[True], grads[False])  # the full pass adds backbone paths
+
+    def backbone_records_graph(detach: bool) -> bool:
+        """Whether any decoder layer's output joined the autograd graph in the write pass."""
+        flags: list[bool] = []
+        hooks = [
+            layer.register_forward_hook(lambda m, a, out: flags.append(_tensor(out).requires_grad))
+            for layer in handle.model.model.layers
+        ]
+        try:
+            write_history(handle, tokenizer, messages, grad=True, detach_inputs=detach)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert flags
+        return any(flags)
+
+    assert not backbone_records_graph(True)
+    assert backbone_records_graph(False)
+
+
+def _tensor(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]

@@ -44,6 +44,7 @@ def write_history(
     system_prompt: str = MEMORY_SYSTEM_PROMPT,
     grad: bool = False,
     gate_log: list[torch.Tensor] | None = None,
+    detach_inputs: bool = False,
 ) -> MemoryState:
     """A new state holding ``messages``, written turn by turn as the chat model writes them."""
     state = handle.new_state()
@@ -57,6 +58,7 @@ def write_history(
             router=router,
             grad=grad,
             gate_log=gate_log,
+            detach_inputs=detach_inputs,
         )
     return state
 
@@ -107,8 +109,13 @@ def episode_loss(
     router: SourceRouter | None = None,
     sparsity: float = 0.0,
     system_prompt: str = MEMORY_SYSTEM_PROMPT,
+    truncated_writes: bool = True,
 ) -> EpisodeLoss:
-    """Write pass (with gradients) + read pass + answer-only cross-entropy (+ gate penalty)."""
+    """Write pass (with gradients) + read pass + answer-only cross-entropy (+ gate penalty).
+
+    ``truncated_writes`` (default) keeps the write pass's gradients in the memory maths (the
+    backbone's hidden states are read as constants, see `DeltaMem.memory`): the backward pass
+    then skips the backbone for every write call, which is most of an episode's tokens."""
     gates: list[torch.Tensor] = []
     state = write_history(
         handle,
@@ -118,6 +125,7 @@ def episode_loss(
         system_prompt=system_prompt,
         grad=True,
         gate_log=gates,
+        detach_inputs=truncated_writes,
     )
     nll, read_tokens = answer_nll(
         handle, tokenizer, state, question, answer, system_prompt=system_prompt

@@ -56,9 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="JSONL episodes or chats (default: synthetic)")
     parser.add_argument("--num-facts", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--kinds", nargs="*", default=None)
+    parser.add_argument("--distractors", type=int, nargs=2, default=[1, 4], metavar=("LO", "HI"))
     parser.add_argument("--curriculum", type=parse_curriculum, default=((0, None),))
     parser.add_argument("--init-adapter", default=None)
     parser.add_argument("--tool-state", action="append", default=[], metavar="TOOL=INDEX")
+    parser.add_argument(
+        "--full-write-grad",
+        action="store_true",
+        help="backpropagate the write pass through the backbone too (slower)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -90,8 +96,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data=args.data,
         num_facts=tuple(args.num_facts),
         kinds=tuple(args.kinds) if args.kinds else None,
+        distractors=tuple(args.distractors),
         curriculum=args.curriculum,
         init_adapter=args.init_adapter,
+        truncated_writes=not args.full_write_grad,
         tool_states={k: int(v) for k, v in (item.split("=", 1) for item in args.tool_state)},
     )
 

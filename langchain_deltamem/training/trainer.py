@@ -65,12 +65,16 @@ class TrainConfig(BaseModel):
     data: str | None = None
     """A JSONL file of episodes or chats; None = synthetic episodes generated per step."""
     num_facts: tuple[int, ...] = (1, 2)
+    distractors: tuple[int, int] = (1, 4)
+    """Chatter turns between facts (inclusive range), for synthetic episodes."""
     kinds: tuple[str, ...] | None = None
     curriculum: tuple[tuple[int, int | None], ...] = ((0, None),)
     """``(from_step, candidates)`` pairs: how many candidate values per type synthetic
     episodes draw from, from that step on (None = the whole open pool)."""
     tool_states: dict[str, int] = Field(default_factory=dict)
     system_prompt: str = MEMORY_SYSTEM_PROMPT
+    truncated_writes: bool = True
+    """Write-pass gradients through the memory maths only (see `episodes.episode_loss`)."""
     init_adapter: str | None = None
     """Start from this adapter directory instead of a fresh one."""
 
@@ -108,6 +112,7 @@ class EpisodeSource:
                 seed=config.seed * 1_000_003 + step,
                 num_facts=config.num_facts,
                 kinds=config.kinds,
+                distractors=config.distractors,
                 candidates=candidates_at(config, step),
             )
         n = len(self.fixed)
@@ -218,6 +223,7 @@ class Trainer:
                 router=self.router,
                 sparsity=config.sparsity,
                 system_prompt=config.system_prompt,
+                truncated_writes=config.truncated_writes,
             )
             (result.loss / len(episodes)).backward()
             losses.append(float(result.loss.detach()))

@@ -1,0 +1,54 @@
+"""`deltamem eval recall` end to end on the embedded model (fresh adapter, two episodes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from langchain_deltamem.engine import get_engine
+from langchain_deltamem.evaluation.recall import CONDITIONS, RecallEvaluator, main
+from langchain_deltamem.training.data import generate_episodes
+from langchain_deltamem.training.episodes import question_ids
+
+pytestmark = pytest.mark.slow
+
+
+def test_an_empty_state_leaves_the_logits_of_the_bare_backbone() -> None:
+    engine = get_engine(adapter="fresh-msw")  # base_slice heads: non-zero corrections exist
+    ids = question_ids(engine.tokenizer, "What is my cat called?")
+    with torch.inference_mode():
+        bare = engine.model(ids).logits
+        with engine.handle.memory(engine.handle.new_state()):
+            empty = engine.model(ids).logits
+        written = engine.handle.new_state()
+        episodes = generate_episodes(1, split="heldout", seed=3, num_facts=[1], kinds=["facts"])
+        written = RecallEvaluator(engine).write(episodes[0])
+        with engine.handle.memory(written):
+            steered = engine.model(ids).logits
+    assert torch.equal(bare, empty)
+    assert not torch.equal(bare, steered)  # and a written state does change them
+
+
+def test_recall_records_every_condition_and_resumes_from_its_cache(tmp_path: Path) -> None:
+    engine = get_engine()
+    episodes = generate_episodes(
+        2, split="heldout", seed=7, num_facts=[1], kinds=["facts"], distractors=(0, 0)
+    )
+    cache = tmp_path / "records.jsonl"
+    evaluator = RecallEvaluator(engine, max_new_tokens=6)
+    records = evaluator.run(episodes, cache=cache, progress=False)
+    assert [r["id"] for r in records] == [e.id for e in episodes]
+    for record in records:
+        assert set(record["replies"]) == set(CONDITIONS)
+        assert record["replies"]["zero"] == record["replies"]["question_only"]
+    again = evaluator.run(episodes, cache=cache, progress=False)  # served from the cache
+    assert again == records
+    assert len(cache.read_text().splitlines()) == 2
+
+
+def test_the_command_writes_its_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--facts", "1", "--n", "2", "--max-new-tokens", "4", "--out", str(tmp_path)])
+    assert "| 1 | 2 |" in capsys.readouterr().out
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "summary.md").exists()
