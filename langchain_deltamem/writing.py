@@ -72,6 +72,17 @@ class WrittenSegment:
     text: str
 
 
+def parse_tool_states(items: Sequence[str]) -> dict[str, int]:
+    """``["search=1", "calendar=2"]`` (command-line ``--tool-state``) → ``{"search": 1, ...}``."""
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, index = item.partition("=")
+        if not sep or not name or not index.strip().isdigit():
+            raise ValueError(f"tool state {item!r}: expected TOOL=INDEX, e.g. search=1")
+        out[name] = int(index)
+    return out
+
+
 def write_messages(
     handle: DeltaMem,
     tokenizer: PreTrainedTokenizerBase,

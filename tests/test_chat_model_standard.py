@@ -43,16 +43,12 @@ def _scope(kind: str) -> str:
     return f"standard-{kind}-{next(_SCOPES)}"  # a fresh memory for every model built
 
 
-class TestChatDeltaMemUnit(ChatModelUnitTests):
+class _DeltaMemCapabilities:
+    """What both suites must know about ChatDeltaMem."""
+
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return ChatDeltaMem
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        # max_tokens and temperature come from the suite's standard params (some tests pass
-        # them again next to these)
-        return {"scope": _scope("unit")}
 
     @property
     def has_tool_calling(self) -> bool:
@@ -65,6 +61,14 @@ class TestChatDeltaMemUnit(ChatModelUnitTests):
     @property
     def has_structured_output(self) -> bool:
         return True
+
+
+class TestChatDeltaMemUnit(_DeltaMemCapabilities, ChatModelUnitTests):
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        # max_tokens and temperature come from the suite's standard params (some tests pass
+        # them again next to these)
+        return {"scope": _scope("unit")}
 
     @property
     def supports_model_override(self) -> bool:
@@ -73,26 +77,10 @@ class TestChatDeltaMemUnit(ChatModelUnitTests):
 
 @pytest.mark.slow
 @pytest.mark.anyio  # the async standard tests run on asyncio (anyio's default backend)
-class TestChatDeltaMemIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[BaseChatModel]:
-        return ChatDeltaMem
-
+class TestChatDeltaMemIntegration(_DeltaMemCapabilities, ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"max_tokens": 32, "temperature": 0, "scope": _scope("integration")}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
 
     @property
     def supports_json_mode(self) -> bool:

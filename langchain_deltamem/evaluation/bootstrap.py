@@ -30,10 +30,7 @@ def paired_difference(
 ) -> Interval:
     """Mean of ``a - b`` over paired items, with a percentile bootstrap interval
     (items resampled with replacement, the pairs kept together)."""
-    if len(a) != len(b):
-        raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
-    if not a:
-        raise ValueError("no items to compare")
+    _check_pairs(a, b)
     diffs = [x - y for x, y in zip(a, b, strict=True)]
     return _percentile_interval(diffs, lambda xs: sum(xs) / len(xs), resamples, confidence, seed)
 
@@ -47,10 +44,7 @@ def paired_ratio(
     seed: int = 0,
 ) -> Interval:
     """``mean(a) / mean(b)`` over paired items, with a percentile bootstrap interval."""
-    if len(a) != len(b):
-        raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
-    if not a:
-        raise ValueError("no items to compare")
+    _check_pairs(a, b)
     pairs = list(zip(a, b, strict=True))
 
     def ratio(sample: Sequence[tuple[float, float]]) -> float:
@@ -58,6 +52,13 @@ def paired_ratio(
         return sum(x for x, _ in sample) / denominator if denominator else float("nan")
 
     return _percentile_interval(pairs, ratio, resamples, confidence, seed)
+
+
+def _check_pairs(a: Sequence[float], b: Sequence[float]) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
+    if not a:
+        raise ValueError("no items to compare")
 
 
 def _percentile_interval(items, statistic, resamples: int, confidence: float, seed: int):

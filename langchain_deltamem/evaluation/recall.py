@@ -34,7 +34,7 @@ from ..generation import GenerationSettings, generate
 from ..tool_calling import render_prompt
 from ..training.data import Episode, generate_episodes
 from ..training.episodes import question_ids, write_history
-from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
+from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, parse_tool_states
 from .bootstrap import paired_difference
 
 CONDITIONS = ("right", "swapped", "zero", "question_only", "full_history")
@@ -242,7 +242,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
     engine = get_engine(args.backbone, args.adapter)
-    tool_states = {k: int(v) for k, v in (item.split("=", 1) for item in args.tool_state)}
+    tool_states = parse_tool_states(args.tool_state)
     evaluator = RecallEvaluator(engine, max_new_tokens=args.max_new_tokens, tool_states=tool_states)
     episodes: list[Episode] = []
     for facts in args.facts:

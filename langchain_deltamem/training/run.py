@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from ..config import DeltaMemConfig
+from ..writing import parse_tool_states
 from .trainer import TrainConfig, Trainer
 
 WRITE_MODES = {
@@ -100,7 +101,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         curriculum=args.curriculum,
         init_adapter=args.init_adapter,
         truncated_writes=not args.full_write_grad,
-        tool_states={k: int(v) for k, v in (item.split("=", 1) for item in args.tool_state)},
+        tool_states=parse_tool_states(args.tool_state),
     )
 
 
