@@ -233,6 +233,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--facts", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--n", type=int, default=50, help="episodes per number of facts")
     parser.add_argument("--kinds", nargs="*", default=["facts"])
+    parser.add_argument(
+        "--split",
+        choices=["heldout", "train"],
+        default="heldout",
+        help="train = a diagnostic on values the adapter saw (with --candidates: its pool)",
+    )
+    parser.add_argument("--candidates", type=int, default=None)
+    parser.add_argument("--distractors", type=int, nargs=2, default=[1, 4], metavar=("LO", "HI"))
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--out", default=None, help="directory for records.jsonl, JSON, markdown")
@@ -247,7 +255,13 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
     episodes: list[Episode] = []
     for facts in args.facts:
         episodes += generate_episodes(
-            args.n, split="heldout", seed=args.seed + facts, num_facts=[facts], kinds=args.kinds
+            args.n,
+            split=args.split,
+            seed=args.seed + facts,
+            num_facts=[facts],
+            kinds=args.kinds,
+            candidates=args.candidates,
+            distractors=tuple(args.distractors),
         )
     out = Path(args.out) if args.out else None
     if out is not None:
