@@ -52,3 +52,12 @@ def test_the_command_writes_its_tables(tmp_path: Path, capsys: pytest.CaptureFix
     main(["--facts", "1", "--n", "2", "--max-new-tokens", "4", "--out", str(tmp_path)])
     assert "| 1 | 2 |" in capsys.readouterr().out
     assert (tmp_path / "summary.json").exists() and (tmp_path / "summary.md").exists()
+
+
+def test_the_content_nll_probe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--facts", "1", "--n", "3", "--nll", "--distractors", "0", "0", "--out", str(tmp_path)])
+    assert "swapped − right" in capsys.readouterr().out
+    import json
+
+    result = json.loads((tmp_path / "content_nll.json").read_text())
+    assert result["n"] == 3 and result["nll_right"] > 0 and result["nll_swapped"] > 0

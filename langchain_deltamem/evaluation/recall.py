@@ -33,7 +33,7 @@ from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate
 from ..tool_calling import render_prompt
 from ..training.data import Episode, generate_episodes
-from ..training.episodes import question_ids, write_history
+from ..training.episodes import answer_nll, question_ids, write_history
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, parse_tool_states
 from .bootstrap import paired_difference
 
@@ -227,6 +227,45 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def content_nll(
+    engine: DeltaMemEngine,
+    episodes: Sequence[Episode],
+    *,
+    tool_states: dict[str, int] | None = None,
+    system_prompt: str = MEMORY_SYSTEM_PROMPT,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Answer NLL with the right state vs another episode's: the most sensitive content test.
+
+    Exact-match accuracy stays at zero until an adapter can copy a whole value; a content
+    effect shows first as a lower NLL of the gold answer under the right memory. Returns the
+    means and the paired interval of ``swapped − right`` (positive = the memory's content
+    helps)."""
+    handle, tokenizer = engine.handle, engine.tokenizer
+    router = SourceRouter(handle.config.num_states, tool_states or {})
+    partner = _swap_partners(episodes)
+    right, swapped = [], []
+    with torch.inference_mode():
+        states = {
+            e.id: write_history(
+                handle, tokenizer, e.history(), router=router, system_prompt=system_prompt
+            )
+            for e in episodes
+        }
+        for e in episodes:
+            for state, out in ((states[e.id], right), (states[partner[e.id].id], swapped)):
+                nll, _ = answer_nll(
+                    handle, tokenizer, state, e.question, e.answer, system_prompt=system_prompt
+                )
+                out.append(float(nll))
+    return {
+        "n": len(episodes),
+        "nll_right": sum(right) / len(right),
+        "nll_swapped": sum(swapped) / len(swapped),
+        "swapped_minus_right": paired_difference(swapped, right, seed=seed).__dict__,
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--adapter", default=None, help="adapter directory or fresh-* name")
     parser.add_argument("--backbone", default=None)
@@ -243,6 +282,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--distractors", type=int, nargs=2, default=[1, 4], metavar=("LO", "HI"))
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument(
+        "--nll",
+        action="store_true",
+        help="only the answer-NLL content test (right vs swapped state), no generation",
+    )
     parser.add_argument("--out", default=None, help="directory for records.jsonl, JSON, markdown")
     parser.add_argument("--tool-state", action="append", default=[], metavar="TOOL=INDEX")
     return parser
@@ -266,6 +310,17 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+    if args.nll:
+        result = content_nll(engine, episodes, tool_states=tool_states, seed=args.seed)
+        interval = result["swapped_minus_right"]
+        print(
+            f"n={result['n']}: answer NLL right {result['nll_right']:.3f}, swapped "
+            f"{result['nll_swapped']:.3f}, swapped − right {interval['estimate']:+.3f} "
+            f"[{interval['low']:+.3f}, {interval['high']:+.3f}]"
+        )
+        if out is not None:
+            (out / "content_nll.json").write_text(json.dumps(result, indent=2) + "\n")
+        return [result]
     records = evaluator.run(episodes, cache=out / "records.jsonl" if out else None)
     rows = summarize(records)
     table = to_markdown(rows)
