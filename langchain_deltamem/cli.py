@@ -22,8 +22,11 @@ def main(argv: list[str] | None = None) -> None:
     from .training import run as train_run
 
     train_run.add_arguments(sub.add_parser("train", help="train an adapter (CPU by default)"))
-    data = sub.add_parser("data", help="generate synthetic episodes as JSONL", add_help=False)
-    data.add_argument("data_args", nargs=argparse.REMAINDER)
+    from .training import data as data_module
+
+    data = data_module.add_arguments(
+        sub.add_parser("data", help="generate synthetic episodes as JSONL")
+    )
     evaluate = sub.add_parser("eval", help="evaluations")
     which_eval = evaluate.add_subparsers(dest="evaluation", required=True)
     from .evaluation import recall
@@ -35,9 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
         demo_module.main(["--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed)])
     elif args.command == "data":
-        from .training import data as data_module
-
-        data_module.main(args.data_args)
+        data_module.run_from_args(args, data)
     elif args.command == "train":
         train_run.run_from_args(args)
     elif args.command == "eval" and args.evaluation == "recall":

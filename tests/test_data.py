@@ -323,3 +323,12 @@ def test_cli_writes_episodes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "wrote 12 heldout episodes" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--kinds", "gossip"])
+
+
+def test_deltamem_data_through_the_top_level_command(tmp_path, capsys) -> None:
+    from langchain_deltamem.cli import main as cli_main
+
+    out = tmp_path / "eps.jsonl"
+    cli_main(["data", "--out", str(out), "--n", "3", "--split", "heldout", "--num-facts", "1"])
+    assert "wrote 3 heldout episodes" in capsys.readouterr().out
+    assert len(read_jsonl(out)) == 3

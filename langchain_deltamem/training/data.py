@@ -2574,11 +2574,8 @@ def _chat_episode(data: Any, split: str, index: int) -> Episode:
 # --- command line -------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``deltamem data``: write synthetic episodes as JSONL."""
-    parser = argparse.ArgumentParser(
-        prog="deltamem data", description="Generate synthetic δ-mem episodes as JSONL."
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``deltamem data`` options."""
     parser.add_argument("--out", required=True, help="output JSONL path")
     parser.add_argument("--n", type=int, default=1000, help="number of episodes")
     parser.add_argument("--split", choices=SPLITS, default=TRAIN)
@@ -2590,7 +2587,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--distractors", type=int, nargs="+", default=[1, 4], metavar="N", help="N or LOW HIGH"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Generate and write the episodes ``args`` ask for (errors go through ``parser``)."""
     if len(args.distractors) > 2:
         parser.error("--distractors takes N or LOW HIGH")
     low, high = args.distractors[0], args.distractors[-1]
@@ -2609,6 +2610,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     count = write_jsonl(episodes, args.out)
     print(f"wrote {count} {args.split} episodes to {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``deltamem data``: write synthetic episodes as JSONL."""
+    parser = add_arguments(
+        argparse.ArgumentParser(
+            prog="deltamem data", description="Generate synthetic δ-mem episodes as JSONL."
+        )
+    )
+    run_from_args(parser.parse_args(argv), parser)
 
 
 if __name__ == "__main__":
