@@ -227,10 +227,11 @@ class ChatDeltaMem(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         if not messages:
             raise ValueError("ChatDeltaMem needs at least one message")
-        for message in messages:  # fail before any work on unknown roles / non-text blocks
-            message_to_dict(message)
+        # fail before any work on unknown roles, non-text blocks or oversized messages
+        converted = [message_to_dict(message) for message in messages]
         engine = self.engine
         memory = self.get_memory()
+        memory.check_message_sizes(converted)
         scope = self._scope_for_call(kwargs)
         tools = kwargs.get("tools") or []
         mode, forced = normalize_tool_choice(kwargs.get("tool_choice"), tool_names(tools))

@@ -45,6 +45,10 @@ class MemoryRecordError(ValueError):
     """A stored or imported scope record that is corrupt or belongs to another model."""
 
 
+class MemoryLimitError(ValueError):
+    """A write or a new scope beyond one of the memory's configured caps."""
+
+
 @dataclass
 class _Scope:
     state: MemoryState
@@ -100,6 +104,12 @@ class DeltaMemory:
         namespace: the store namespace prefix; the scope name is the item key.
         router: MSW routing of sources to states (default: dialogue → 0, tools hashed).
         system_prompt: the context rendered before every write (never written itself).
+        max_segment_tokens: longer messages are written as several segments of this size.
+        max_message_chars: cap on one message's text (None = no cap); larger messages are
+            refused before anything is written.
+        max_segments_per_write: cap on the messages of one write call (None = no cap).
+        max_scopes: cap on the scopes this process holds (None = no cap); a new scope past
+            it is refused (existing ones keep working).
     """
 
     def __init__(
@@ -111,6 +121,9 @@ class DeltaMemory:
         router: SourceRouter | None = None,
         system_prompt: str = MEMORY_SYSTEM_PROMPT,
         max_segment_tokens: int = 1024,
+        max_message_chars: int | None = 1_000_000,
+        max_segments_per_write: int | None = 1024,
+        max_scopes: int | None = 100_000,
     ) -> None:
         self._engine = engine
         self.store = store
@@ -118,6 +131,16 @@ class DeltaMemory:
         self._router = router
         self.system_prompt = system_prompt
         self.max_segment_tokens = max_segment_tokens
+        for name, cap in (
+            ("max_message_chars", max_message_chars),
+            ("max_segments_per_write", max_segments_per_write),
+            ("max_scopes", max_scopes),
+        ):
+            if cap is not None and (not isinstance(cap, int) or cap < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {cap!r}")
+        self.max_message_chars = max_message_chars
+        self.max_segments_per_write = max_segments_per_write
+        self.max_scopes = max_scopes
         self._scopes: dict[str, _Scope] = {}
         self._lock = threading.Lock()
 
@@ -149,6 +172,11 @@ class DeltaMemory:
         with self._lock:
             record = self._scopes.get(scope)
             if record is None:
+                if self.max_scopes is not None and len(self._scopes) >= self.max_scopes:
+                    raise MemoryLimitError(
+                        f"this memory already holds {len(self._scopes)} scopes "
+                        f"(max_scopes={self.max_scopes}); scope {scope!r} is refused"
+                    )
                 record = self._load(scope)
                 self._scopes[scope] = record
         with record.lock:
@@ -182,12 +210,18 @@ class DeltaMemory:
         """
         converted = [message_to_dict(m) for m in messages]
         converted = [m for m in converted if m["role"] != "system"]
+        self.check_message_sizes(converted)
         name = self.scope_of(config, scope)
         with self._scope(name) as record:
             if skip_written:
                 converted = _unwritten(converted, record.keys)
             if not converted:
                 return []
+            cap = self.max_segments_per_write
+            if cap is not None and len(converted) > cap:
+                raise MemoryLimitError(
+                    f"{len(converted)} messages in one write exceed max_segments_per_write={cap}"
+                )
             state = record.state.clone()  # write a copy: a failure leaves the scope untouched
             written = self._write_into(state, converted)
             record.state = state
@@ -195,6 +229,19 @@ class DeltaMemory:
             record.keys = (record.keys + [message_key(m) for m in converted])[-_KEY_HISTORY:]
             self._persist(name, record)
             return written
+
+    def check_message_sizes(self, messages: Sequence[Mapping[str, str]]) -> None:
+        """Raise `MemoryLimitError` if a message is longer than ``max_message_chars``
+        (the chat model calls this before generating, so nothing is spent on a refused turn)."""
+        cap = self.max_message_chars
+        if cap is None:
+            return
+        for i, message in enumerate(messages):
+            if len(message["content"]) > cap:
+                raise MemoryLimitError(
+                    f"message {i} has {len(message['content']):,} characters, more than "
+                    f"max_message_chars={cap:,}; nothing was written"
+                )
 
     def _write_into(
         self, state: MemoryState, messages: list[dict[str, str]]
