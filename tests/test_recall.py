@@ -22,7 +22,6 @@ def test_an_empty_state_leaves_the_logits_of_the_bare_backbone() -> None:
         bare = engine.model(ids).logits
         with engine.handle.memory(engine.handle.new_state()):
             empty = engine.model(ids).logits
-        written = engine.handle.new_state()
         episodes = generate_episodes(1, split="heldout", seed=3, num_facts=[1], kinds=["facts"])
         written = RecallEvaluator(engine).write(episodes[0])
         with engine.handle.memory(written):

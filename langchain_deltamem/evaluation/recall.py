@@ -57,20 +57,16 @@ def history_messages(episode: Episode) -> list[BaseMessage]:
     """The history as prompt messages (tool results quoted in a user turn, as rendered for
     backbones without a tool role)."""
     out: list[BaseMessage] = []
-    for message in episode.messages:
-        role, content = _field(message, "role"), _field(message, "content")
+    for message in episode.history():
+        role, content = message["role"], message["content"]
         if role == "assistant":
             out.append(AIMessage(content))
         elif role == "tool":
-            name = _field(message, "source").removeprefix("tool:")
+            name = message["source"].removeprefix("tool:")
             out.append(HumanMessage(f'<tool_response name="{name}">\n{content}\n</tool_response>'))
         else:
             out.append(HumanMessage(content))
     return out
-
-
-def _field(message: Any, key: str) -> str:
-    return message[key] if isinstance(message, dict) else getattr(message, key)
 
 
 class RecallEvaluator:
