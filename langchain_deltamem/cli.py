@@ -16,9 +16,14 @@ def main(argv: list[str] | None = None) -> None:
 
     chat_cli.add_arguments(chat)
     bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios")
-    bench.add_argument("which", choices=["core", "turns"])
+    bench.add_argument("which", choices=["core", "turns", "cost"])
     bench.add_argument("--out")
-    bench.add_argument("--repeats", type=int, default=None, help="default: 5 (core), 3 (turns)")
+    bench.add_argument(
+        "--repeats", type=int, default=None, help="default: 5 (core), 3 (turns, cost)"
+    )
+    bench.add_argument("--turns", type=int, default=None, help="cost: turns (default 500)")
+    bench.add_argument("--points", help="cost: measured turns, e.g. 1,10,20")
+    bench.add_argument("--cache", help="cost: resume directory")
     from .training import run as train_run
 
     train_run.add_arguments(sub.add_parser("train", help="train an adapter (CPU by default)"))
@@ -32,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     from .evaluation import recall
 
     recall.add_arguments(which_eval.add_parser("recall", help="held-out recall from memory"))
+    from .evaluation import locomo
+
+    locomo.add_arguments(which_eval.add_parser("locomo", help="LoCoMo QA against baselines"))
     args = parser.parse_args(argv)
     if args.command == "demo":
         from . import demo as demo_module
@@ -43,8 +51,14 @@ def main(argv: list[str] | None = None) -> None:
         train_run.run_from_args(args)
     elif args.command == "eval" and args.evaluation == "recall":
         recall.run_from_args(args)
+    elif args.command == "eval" and args.evaluation == "locomo":
+        locomo.run_from_args(args)
     elif args.command == "chat":
         raise SystemExit(chat_cli.run_from_args(args))
+    elif args.command == "bench" and args.which == "cost":
+        from .bench.__main__ import run_cost
+
+        run_cost(args)
     elif args.command == "bench" and args.which == "turns":
         from .bench import turns
 

@@ -148,6 +148,7 @@ def stream_generate(
     logits_processor: LogitsProcessor | None = None,
     memory: contextlib.AbstractContextManager[Any] | None = None,
     on_first_forward: Callable[[], None] | None = None,
+    prefix_cache: Any | None = None,
 ) -> Generator[GenerationChunk, None, GenerationResult]:
     """Decode ``input_ids`` token by token; yields text chunks, returns the `GenerationResult`.
 
@@ -164,6 +165,9 @@ def stream_generate(
         on_first_forward: called once after the prefill forward, inside the memory block (so
             ``handle.active_run()`` is the run there), e.g. to set ``track_corrections = False``
             for the decode steps.
+        prefix_cache: a KV cache already holding a prompt prefix (e.g. a long conversation
+            asked many questions); ``input_ids`` are then the tokens after it. The cache grows
+            during decoding: crop it back to the prefix (``cache.crop(-added)``) to reuse it.
 
     Raises:
         ValueError: (at call time) empty prompt, more than one sequence, or a prompt longer
@@ -176,13 +180,15 @@ def stream_generate(
     prompt = _prompt_ids(input_ids)
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     budget = settings.max_tokens
+    cached = prefix_cache.get_seq_length() if prefix_cache is not None else 0
+    prompt_length = prompt.numel() + cached
     if _is_int(context):
-        if prompt.numel() > context - 1:
+        if prompt_length > context - 1:
             raise ValueError(
-                f"the prompt has {prompt.numel()} tokens; the model's context of {context} "
+                f"the prompt has {prompt_length} tokens; the model's context of {context} "
                 f"tokens leaves room for at most {context - 1} prompt tokens"
             )
-        budget = min(budget, context - prompt.numel())  # prompt + completion fit the context
+        budget = min(budget, context - prompt_length)  # prompt + completion fit the context
     device = _model_device(model)
     return _stream(
         model,
@@ -194,6 +200,7 @@ def stream_generate(
         logits_processor,
         memory,
         on_first_forward,
+        prefix_cache,
     )
 
 
@@ -206,6 +213,7 @@ def generate(
     logits_processor: LogitsProcessor | None = None,
     memory: contextlib.AbstractContextManager[Any] | None = None,
     on_first_forward: Callable[[], None] | None = None,
+    prefix_cache: Any | None = None,
 ) -> GenerationResult:
     """`stream_generate` run to the end; returns its `GenerationResult`."""
     stream = stream_generate(
@@ -216,6 +224,7 @@ def generate(
         logits_processor=logits_processor,
         memory=memory,
         on_first_forward=on_first_forward,
+        prefix_cache=prefix_cache,
     )
     while True:
         try:
@@ -235,6 +244,7 @@ def _stream(
     processor: LogitsProcessor | None,
     memory: contextlib.AbstractContextManager[Any] | None,
     on_first_forward: Callable[[], None] | None,
+    prefix_cache: Any | None,
 ) -> Generator[GenerationChunk, None, GenerationResult]:
     ctx = contextvars.copy_context()  # private: the memory run lives here, not in the consumer's
     generator = torch.Generator(device=prompt.device)
@@ -252,7 +262,7 @@ def _stream(
     exc_info: tuple[Any, Any, Any] = (None, None, None)
     try:
         keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-        logits, cache = ctx.run(_forward, model, prompt[None], None, keep)
+        logits, cache = ctx.run(_forward, model, prompt[None], prefix_cache, keep)
         if on_first_forward is not None:
             ctx.run(on_first_forward)
         while True:
