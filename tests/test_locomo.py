@@ -141,6 +141,22 @@ def test_every_system_answers_and_a_rerun_resumes(
     again = locomo.evaluate(tiny_locomo, **kwargs)
     assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, records))
 
+    # another adapter: the baselines' answers are reused, the memory systems answer again
+    calls: list[int] = []
+
+    def counting(*args: object, **kw: object) -> object:
+        calls.append(1)
+        return generate(*args, **kw)  # the real one, imported above
+
+    monkeypatch.setattr(locomo, "generate", counting)
+    other = dict(kwargs, adapter="fresh-tsw", systems=["recent", "zero_state"])
+    mixed = locomo.evaluate(tiny_locomo, **other)
+    assert len(calls) == 2  # zero_state for the two questions; recent came from the cache
+    assert {r["system"] for r in mixed} == {"recent", "zero_state"}
+    # answers made with other settings are never mixed in
+    with pytest.raises(ValueError, match="other settings"):
+        locomo.evaluate(tiny_locomo, **dict(kwargs, settings=locomo.LoCoMoSettings(window=2)))
+
 
 def test_summary_reports_category_means_and_paired_intervals() -> None:
     records = []

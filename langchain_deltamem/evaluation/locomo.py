@@ -23,6 +23,7 @@ states are cached as safetensors bytes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -103,6 +104,17 @@ class LoCoMoEvaluator:
             max_tokens=self.settings.max_new_tokens, temperature=0.0, stop=("\n",)
         )
         self.state_dir = state_dir
+
+    def model_tag(self, system: str) -> str:
+        """What a system's answers depend on besides the settings: the backbone, and for the
+        memory systems the adapter (its fingerprint), so cached answers of another adapter
+        are never reused."""
+        engine = self.msw_engine if system == "deltamem_msw" else self.engine
+        assert engine is not None
+        fingerprint = engine.handle.fingerprint()
+        if system not in _MEMORY_SYSTEMS:
+            fingerprint = fingerprint.split("/")[0]  # "backbone:<hash>"
+        return hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
 
     # --- what each system sees ------------------------------------------------------------
     def memory_state(self, engine: DeltaMemEngine, conversation: Conversation) -> MemoryState:
@@ -195,6 +207,7 @@ class LoCoMoEvaluator:
                 )
                 record = {
                     "system": system,
+                    "model": self.model_tag(system),
                     "conversation": conversation.id,
                     "question_id": question.id,
                     "category": question.category,
@@ -338,7 +351,10 @@ def evaluate(
     out: Path,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the evaluation; returns every answer record (cached in ``out``)."""
+    """Run (or resume) the evaluation; returns every answer record (cached in ``out``).
+
+    Cached answers are reused when the settings match (else an error) and the model matches:
+    baselines' answers survive a change of adapter, the memory systems' do not."""
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise ValueError(f"unknown systems {unknown}; expected some of {list(SYSTEMS)}")
@@ -351,8 +367,10 @@ def evaluate(
         engine, msw_engine=msw_engine, settings=settings, state_dir=out / "states"
     )
     out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out / "settings.json", evaluator.settings)
     cache = out / "answers.jsonl"
-    records = _read_records(cache)
+    tags = {s: evaluator.model_tag(s) for s in systems}
+    records = [r for r in _read_records(cache) if tags.get(r["system"]) == r.get("model")]
     done = {(r["system"], r["question_id"]) for r in records}
     plan = [(c, list(c.questions[:max_questions] if max_questions else c.questions)) for c in convs]
     total = sum(len(qs) for _, qs in plan) * len(systems)
@@ -379,6 +397,21 @@ def evaluate(
     bar.close()
     wanted = {q.id for _, qs in plan for q in qs}
     return [r for r in records if r["question_id"] in wanted and r["system"] in systems]
+
+
+def _check_settings(path: Path, settings: LoCoMoSettings) -> None:
+    """Answers cached under other settings are not comparable: refuse to mix them."""
+    current = dataclasses.asdict(settings)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != current:
+            changed = sorted(k for k in current if saved.get(k) != current[k])
+            raise ValueError(
+                f"{path.parent} holds answers made with other settings ({', '.join(changed)}: "
+                f"{ {k: saved.get(k) for k in changed} }); use another --out"
+            )
+    else:
+        path.write_text(json.dumps(current, indent=2) + "\n")
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
