@@ -1,4 +1,4 @@
-"""``python -m langchain_deltamem.bench {core,turns} [--out FILE]``."""
+"""``python -m langchain_deltamem.bench {core,turns,cost} [--out FILE]``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     turns_parser.add_argument("--repeats", type=int, default=3)
     turns_parser.add_argument("--turns", type=int, default=200)
     turns_parser.add_argument("--seed", type=int, default=0)
+    cost_parser = sub.add_parser("cost", help="per-turn cost: δ-mem vs buffer and vector memory")
+    add_cost_arguments(cost_parser)
     args = parser.parse_args(argv)
     if args.which == "core":
         core.main(out=args.out, repeats=args.repeats)
@@ -25,6 +27,39 @@ def main(argv: list[str] | None = None) -> None:
         from . import turns
 
         turns.main(out=args.out, repeats=args.repeats, turns=args.turns, seed=args.seed)
+    elif args.which == "cost":
+        run_cost(args)
+
+
+def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the cost benchmark (also used by ``deltamem bench cost``)."""
+    parser.add_argument("--out", help="write the markdown report here, PNGs next to it")
+    parser.add_argument("--repeats", type=int, default=None, help="default 3")
+    parser.add_argument("--turns", type=int, default=None, help="default 500")
+    parser.add_argument("--points", help="measured turns, e.g. 1,10,20 (default: 1,10,50,…)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write-tokens", help="write-throughput sizes, default 1024,4096")
+    parser.add_argument(
+        "--cache", help="resume directory (default: <DELTAMEM_CACHE_DIR>/bench-cost)"
+    )
+
+
+def run_cost(args: argparse.Namespace) -> None:
+    """Run the cost benchmark from parsed options (missing ones take their defaults)."""
+    from ..backbones import resolve_cache_dir
+    from . import cost
+
+    turns = getattr(args, "turns", None) or cost.DEFAULT_TURNS
+    cache = getattr(args, "cache", None) or str(resolve_cache_dir() / "bench-cost")
+    cost.main(
+        out=args.out,
+        repeats=getattr(args, "repeats", None) or 3,
+        turns=turns,
+        points=getattr(args, "points", None),
+        seed=getattr(args, "seed", 0),
+        write_tokens=getattr(args, "write_tokens", None),
+        cache=cache,
+    )
 
 
 if __name__ == "__main__":

@@ -30,11 +30,11 @@ from typing import Any, TextIO
 import torch
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
+from ..baselines import buffer_window, prompt_ids
 from ..chat_model import ChatDeltaMem
 from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate
 from ..memory import DeltaMemory
-from ..tool_calling import render_prompt
 
 WINDOW = 6
 MAX_TOKENS = 16
@@ -139,23 +139,12 @@ def buffer_prompt(
 ) -> tuple[torch.Tensor, int]:
     """The buffer's prompt ids: the whole history, cut from the oldest message to fit the
     context (the same budget as ChatDeltaMem), and the untruncated history's token count."""
-
-    def encode(kept: list[BaseMessage]) -> torch.Tensor:
-        text = render_prompt(engine.tokenizer, kept)
-        return engine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-
     limit = engine.context_length - max_tokens - 1
-    full = encode(messages)
+    full = prompt_ids(engine, messages)
     if full.shape[1] <= limit:
         return full, full.shape[1]
-    lo, hi = 1, len(messages) - 1  # the smallest start whose suffix fits (suffixes shrink)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if encode(messages[mid:]).shape[1] <= limit:
-            hi = mid
-        else:
-            lo = mid + 1
-    return encode(messages[lo:])[:, -limit:], full.shape[1]
+    kept = buffer_window(messages, engine, limit) or messages[-1:]  # the newest, cut if alone
+    return prompt_ids(engine, kept)[:, -limit:], full.shape[1]
 
 
 # --- the run --------------------------------------------------------------------------------
