@@ -2,30 +2,35 @@
 
 Own format, a directory with
 
-* ``adapter_config.json``: ``{"format", "version", "config": DeltaMemConfig, "backbone": ...}``
+* ``adapter_config.json``: ``{"format", "version", "config": DeltaMemConfig, "backbone": ...,
+  "checksum"}`` (sha256 of this config and the weights file, so damage is refused);
 * ``adapter_model.safetensors``: fp32 tensors named ``<attention path>.<parameter>``.
 
 Reference format (DELTAMEM.md §4), a directory with ``delta_mem_config.json`` and
 ``delta_mem_adapter.pt``, a ``torch.save``d dict of tensors read with ``weights_only=True``
-(never a plain unpickle). Loading either is strict: every tensor the model needs must be there
-with its exact shape and finite values, and nothing else may be, or nothing is loaded.
+(never a plain unpickle; its zip CRC32s are checked first). Loading either is strict: every
+tensor the model needs must be there with its exact shape and finite values, and nothing else
+may be, or nothing is loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from .config import DeltaMemConfig
-from .injection import DeltaMem, attach
+from .injection import DeltaMem, UnsupportedModelError, attach
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -34,6 +39,8 @@ REFERENCE_WEIGHTS_FILE = "delta_mem_adapter.pt"
 ADAPTER_FORMAT = "langchain-deltamem/adapter"
 ADAPTER_VERSION = 1
 _HEADS = ("q", "k", "v", "o")
+_OWN_FIELDS = {"format", "version", "config", "backbone"}
+_CHECKSUM = "checksum"  # optional (adapters saved before it existed have none)
 
 
 class AdapterFileError(ValueError):
@@ -65,7 +72,9 @@ def save_adapter(
                 "fingerprint": fingerprint.split("/")[0].removeprefix("backbone:"),
             },
         }
-        _atomic_write(path / ADAPTER_WEIGHTS_FILE, lambda f: save_file(tensors, f))
+        raw = safetensors_save(tensors)
+        body[_CHECKSUM] = _checksum(body, raw)  # covers config and weights: damage is refused
+        _atomic_write(path / ADAPTER_WEIGHTS_FILE, lambda f: Path(f).write_bytes(raw))
         _atomic_write(path / ADAPTER_CONFIG_FILE, lambda f: Path(f).write_text(_dumps(body)))
     elif format == "reference":
         rows = handle.config.state_rows
@@ -93,6 +102,16 @@ def read_adapter(
         ``(config, tensors, info)`` where ``info`` holds ``format`` ("own"/"reference") and,
         for the own format, the backbone record.
     """
+    config, tensors, info = _read_adapter(directory)
+    _check_integrity(info)
+    return config, tensors, info
+
+
+def _read_adapter(
+    directory: str | os.PathLike[str],
+) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """`read_adapter` without the checksum verdict, which `load_adapter` gives last (after
+    the checks that name a missing or misshaped tensor)."""
     path = Path(directory)
     if not path.is_dir():
         raise AdapterFileError(f"adapter directory {str(path)!r} does not exist")
@@ -125,8 +144,16 @@ def load_adapter(
         AdapterFileError: missing/corrupt files, or tensors that do not fit the model; the model
             is left without δ-mem in that case.
     """
-    config, tensors, info = read_adapter(directory)
-    handle = attach(model, config)
+    config, tensors, info = _read_adapter(directory)
+    attached_before = getattr(model, "_deltamem_handle", None) is not None
+    try:
+        handle = attach(model, config)
+    except UnsupportedModelError:
+        raise
+    except ValueError as err:
+        if attached_before:  # the model's state, not the file's: keep attach's own error
+            raise
+        raise AdapterFileError(f"{directory}: the adapter does not fit the model: {err}") from err
     try:
         own = handle.adapter_state_dict()
         if info["format"] == "reference":
@@ -143,6 +170,7 @@ def load_adapter(
                 f"({info['backbone'].get('model_type')}), this model is {actual}; pass "
                 "allow_other_backbone=True to load it anyway"
             )
+        _check_integrity(info)
     except BaseException:
         handle.detach()
         raise
@@ -154,6 +182,9 @@ def _read_own(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict
     body = _read_json(path / ADAPTER_CONFIG_FILE)
     if body.get("format") != ADAPTER_FORMAT:
         raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: format {body.get('format')!r}")
+    unknown = sorted(set(body) - _OWN_FIELDS - {_CHECKSUM})
+    if unknown:
+        raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: unknown field(s) {unknown}")
     version = body.get("version")
     if not isinstance(version, int) or not 1 <= version <= ADAPTER_VERSION:
         raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: unsupported version {version!r}")
@@ -165,11 +196,21 @@ def _read_own(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict
     if not weights.exists():
         raise AdapterFileError(f"{weights} is missing")
     try:
-        tensors = load_file(weights)
+        raw = weights.read_bytes()
+        tensors = safetensors_load(raw)
     except (SafetensorError, OSError, ValueError) as err:
         raise AdapterFileError(f"{weights} is corrupt: {err}") from err
     backbone = body.get("backbone") if isinstance(body.get("backbone"), dict) else {}
-    return config, tensors, {"format": "own", "backbone": backbone}
+    info: dict[str, Any] = {"format": "own", "backbone": backbone}
+    if _CHECKSUM in body:
+        expected = body[_CHECKSUM]
+        actual = _checksum({k: v for k, v in body.items() if k != _CHECKSUM}, raw)
+        if expected != actual:
+            info["integrity_error"] = (
+                f"{path}: checksum mismatch between {ADAPTER_CONFIG_FILE} and "
+                f"{ADAPTER_WEIGHTS_FILE} (a file was altered or damaged)"
+            )
+    return config, tensors, info
 
 
 def _read_reference(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
@@ -181,6 +222,7 @@ def _read_reference(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor]
     weights = path / REFERENCE_WEIGHTS_FILE
     if not weights.exists():
         raise AdapterFileError(f"{weights} is missing")
+    _check_zip_crc(weights)
     try:  # weights_only: a plain dict of tensors; arbitrary pickled objects are refused
         tensors = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many error types for a bad file
@@ -210,11 +252,42 @@ def _drop_inactive_heads(
     return kept
 
 
+# --- integrity ----------------------------------------------------------------------------
+def _checksum(body: dict[str, Any], weights: bytes) -> str:
+    """sha256 of the canonical config JSON (without the checksum) and the weights file."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(b"\0")
+    digest.update(weights)
+    return "sha256:" + digest.hexdigest()
+
+
+def _check_integrity(info: dict[str, Any]) -> None:
+    if "integrity_error" in info:
+        raise AdapterFileError(info["integrity_error"])
+
+
+def _check_zip_crc(weights: Path) -> None:
+    """torch.load does not verify the zip's CRC32s, so a flipped bit in a tensor would load as
+    another value; check them here (zip reading only, nothing is unpickled)."""
+    if not zipfile.is_zipfile(weights):
+        return  # not a zip: torch.load refuses it or reads the legacy format
+    try:
+        with zipfile.ZipFile(weights) as archive:
+            members = archive.infolist()
+            if members and all(m.CRC == 0 for m in members):
+                return  # saved with CRC32 computation turned off: nothing to verify
+            bad = archive.testzip()
+    except Exception as err:  # zipfile raises many error types for a damaged archive
+        raise AdapterFileError(f"{weights} is not a readable tensor file: {err}") from err
+    if bad is not None:
+        raise AdapterFileError(f"{weights} is damaged: CRC32 mismatch in {bad}")
+
+
 # --- small utilities ----------------------------------------------------------------------
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         body = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise AdapterFileError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(body, dict):
         raise AdapterFileError(f"{path} must hold a JSON object")

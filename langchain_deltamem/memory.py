@@ -14,8 +14,10 @@ Operations on one scope are serialised by a per-scope lock; different scopes run
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,6 +41,11 @@ DEFAULT_SCOPE = "default"
 SNAPSHOT_FORMAT = "langchain-deltamem/snapshot"
 SNAPSHOT_KEYS = 64  # message keys a snapshot keeps: enough to line up any prompt window
 _KEY_HISTORY = 256  # message keys remembered for new-message detection (bounded)
+_KEY_PATTERN = re.compile(r"[0-9a-f]{16}")  # what `message_key` gives
+_RECORD_FIELDS = {"format", "version", "state", "log", "keys"}
+_SNAPSHOT_FIELDS = {"format", "version", "state", "keys"}
+_CHECKSUM = "checksum"  # optional in records and snapshots (older ones have none)
+_LOG_ROLES = ("user", "assistant", "tool")  # system messages are never written
 
 
 class MemoryRecordError(ValueError):
@@ -184,14 +191,24 @@ class DeltaMemory:
 
     def _load(self, scope: str) -> _Scope:
         if self.store is not None:
-            item = self.store.get(self.namespace, scope)
+            try:
+                item = self.store.get(self.namespace, scope)
+            except (ValueError, TypeError, RecursionError) as err:  # undecodable stored value
+                raise MemoryRecordError(
+                    f"store {self.namespace}/{scope}: unreadable entry ({err})"
+                ) from err
             if item is not None:
                 return self._from_json(item.value, where=f"store {self.namespace}/{scope}")
         return _Scope(self.engine.handle.new_state())
 
-    def _persist(self, scope: str, record: _Scope) -> None:
+    def _commit(self, scope: str, record: _Scope, **changes: Any) -> None:
+        """Store the scope with ``changes``, then apply them here: a store write that fails
+        leaves the scope unchanged in both places (never a process ahead of its store)."""
         if self.store is not None:
-            self.store.put(self.namespace, scope, self._to_json(record))
+            updated = dataclasses.replace(record, **changes)
+            self.store.put(self.namespace, scope, self._to_json(updated))
+        for name, value in changes.items():
+            setattr(record, name, value)
 
     # --- writing and reading ------------------------------------------------------------
     def write(
@@ -224,10 +241,8 @@ class DeltaMemory:
                 )
             state = record.state.clone()  # write a copy: a failure leaves the scope untouched
             written = self._write_into(state, converted)
-            record.state = state
-            record.log.append(converted)
-            record.keys = (record.keys + [message_key(m) for m in converted])[-_KEY_HISTORY:]
-            self._persist(name, record)
+            keys = (record.keys + [message_key(m) for m in converted])[-_KEY_HISTORY:]
+            self._commit(name, record, state=state, log=[*record.log, converted], keys=keys)
             return written
 
     def check_message_sizes(self, messages: Sequence[Mapping[str, str]]) -> None:
@@ -307,9 +322,8 @@ class DeltaMemory:
         """Empty the scope's memory and log."""
         name = self.scope_of(config, scope)
         with self._scope(name) as record:
-            record.state = self.engine.handle.new_state()
-            record.log, record.keys, record.last_ratio = [], [], {}
-            self._persist(name, record)
+            state = self.engine.handle.new_state()
+            self._commit(name, record, state=state, log=[], keys=[], last_ratio={})
 
     def fork(self, source: str, target: str) -> None:
         """Copy scope ``source`` (state and log) to ``target``, replacing what it held."""
@@ -317,7 +331,7 @@ class DeltaMemory:
         self.import_(data, scope=target)
 
     def export(self, *, scope: str | None = None, config: RunnableConfig | None = None) -> bytes:
-        """The scope as bytes (UTF-8 JSON with the state as base64 safetensors)."""
+        """The scope as bytes (UTF-8 JSON with the state as base64 safetensors and a checksum)."""
         with self._scope(self.scope_of(config, scope)) as record:
             return json.dumps(self._to_json(record), sort_keys=True).encode()
 
@@ -328,14 +342,19 @@ class DeltaMemory:
         or come from another backbone or adapter."""
         try:
             body = json.loads(bytes(data).decode())
-        except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, RecursionError) as err:
             raise MemoryRecordError(f"memory export is not valid JSON: {err}") from err
         incoming = self._from_json(body, where="import")
         name = self.scope_of(config, scope)
         with self._scope(name) as record:
-            record.state, record.log, record.keys = incoming.state, incoming.log, incoming.keys
-            record.last_ratio = {}
-            self._persist(name, record)
+            self._commit(
+                name,
+                record,
+                state=incoming.state,
+                log=incoming.log,
+                keys=incoming.keys,
+                last_ratio={},
+            )
 
     def snapshot(
         self,
@@ -348,11 +367,14 @@ class DeltaMemory:
         the keys of the last ``keys`` messages written (for new-message detection), without
         the segment log, so its size does not grow with the conversation."""
         with self._scope(self.scope_of(config, scope)) as record:
+            state = record.state.to_bytes()
+            kept = list(record.keys[-keys:]) if keys > 0 else []
             return {
                 "format": SNAPSHOT_FORMAT,
                 "version": SCOPE_VERSION,
-                "state": record.state.to_bytes(),
-                "keys": list(record.keys[-keys:]) if keys > 0 else [],
+                "state": state,
+                "keys": kept,
+                _CHECKSUM: _checksum(SNAPSHOT_FORMAT, state, None, kept),
             }
 
     def restore(
@@ -373,11 +395,20 @@ class DeltaMemory:
             raise MemoryRecordError(
                 f"{where}: unsupported snapshot version {snapshot.get('version')!r}"
             )
+        unknown = sorted(set(snapshot) - _SNAPSHOT_FIELDS - {_CHECKSUM}, key=str)
+        if unknown:
+            raise MemoryRecordError(f"{where}: unknown field(s) {unknown!r:.200}")
         raw, keys = snapshot.get("state"), snapshot.get("keys")
         if not isinstance(raw, bytes | bytearray):
             raise MemoryRecordError(f"{where}: 'state' must be bytes, got {type(raw).__name__}")
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise MemoryRecordError(f"{where}: 'keys' must be a list of strings")
+        if not _valid_keys(keys):
+            raise MemoryRecordError(
+                f"{where}: 'keys' must be a list of at most {_KEY_HISTORY} message keys"
+            )
+        if _CHECKSUM in snapshot and snapshot[_CHECKSUM] != _checksum(
+            SNAPSHOT_FORMAT, bytes(raw), None, keys
+        ):
+            raise MemoryRecordError(f"{where}: checksum mismatch (altered or damaged)")
         name = self.scope_of(config, scope)
         with self._scope(name) as record:
             held_keys = record.keys[-len(keys) :] if keys else []
@@ -387,9 +418,7 @@ class DeltaMemory:
                 state = self.engine.handle.load_state(bytes(raw))
             except MemoryStateError as err:
                 raise MemoryRecordError(f"{where}: {err}") from err
-            record.state, record.log, record.keys = state, [], list(keys)
-            record.last_ratio = {}
-            self._persist(name, record)
+            self._commit(name, record, state=state, log=[], keys=list(keys), last_ratio={})
             return True
 
     def forget(
@@ -415,9 +444,8 @@ class DeltaMemory:
             state = self.engine.handle.new_state()
             for group in log:
                 self._write_into(state, group)
-            record.state, record.log = state, log
-            record.keys = [message_key(m) for group in log for m in group][-_KEY_HISTORY:]
-            self._persist(name, record)
+            keys = [message_key(m) for group in log for m in group][-_KEY_HISTORY:]
+            self._commit(name, record, state=state, log=log, keys=keys)
             return forgotten
 
     def stats(
@@ -440,12 +468,14 @@ class DeltaMemory:
 
     # --- JSON records -------------------------------------------------------------------
     def _to_json(self, record: _Scope) -> dict[str, Any]:
+        state = record.state.to_bytes()
         return {
             "format": SCOPE_FORMAT,
             "version": SCOPE_VERSION,
-            "state": base64.b64encode(record.state.to_bytes()).decode("ascii"),
+            "state": base64.b64encode(state).decode("ascii"),
             "log": record.log,
             "keys": record.keys,
+            _CHECKSUM: _checksum(SCOPE_FORMAT, state, record.log, record.keys),
         }
 
     def _from_json(self, body: Any, *, where: str) -> _Scope:
@@ -453,22 +483,27 @@ class DeltaMemory:
             raise MemoryRecordError(f"{where}: not a δ-mem memory record")
         if body.get("version") != SCOPE_VERSION:
             raise MemoryRecordError(f"{where}: unsupported record version {body.get('version')!r}")
+        unknown = sorted(set(body) - _RECORD_FIELDS - {_CHECKSUM})
+        if unknown:
+            raise MemoryRecordError(f"{where}: corrupt memory record (unknown fields {unknown})")
         try:
             raw = base64.b64decode(body["state"], validate=True)
             log = body["log"]
             keys = body["keys"]
         except (KeyError, TypeError, ValueError) as err:
             raise MemoryRecordError(f"{where}: corrupt memory record ({err})") from err
-        if (
-            not _valid_log(log)
-            or not isinstance(keys, list)
-            or not all(isinstance(k, str) for k in keys)
-        ):
+        if not _valid_log(log):
             raise MemoryRecordError(f"{where}: corrupt memory record (segment log)")
+        if not _valid_keys(keys):
+            raise MemoryRecordError(f"{where}: corrupt memory record (message keys)")
         try:
             state = self.engine.handle.load_state(raw)
         except MemoryStateError as err:
             raise MemoryRecordError(f"{where}: {err}") from err
+        if _CHECKSUM in body and body[_CHECKSUM] != _checksum(SCOPE_FORMAT, raw, log, keys):
+            raise MemoryRecordError(
+                f"{where}: corrupt memory record (checksum mismatch: altered or damaged)"
+            )
         return _Scope(state, log, keys)
 
 
@@ -477,11 +512,29 @@ def _valid_log(log: Any) -> bool:
     return isinstance(log, list) and all(
         isinstance(group, list)
         and all(
-            isinstance(m, dict) and set(m) == fields and all(isinstance(v, str) for v in m.values())
+            isinstance(m, dict)
+            and set(m) == fields
+            and all(isinstance(v, str) for v in m.values())
+            and m["role"] in _LOG_ROLES
             for m in group
         )
         for group in log
     )
+
+
+def _valid_keys(keys: Any) -> bool:
+    return (
+        isinstance(keys, list)
+        and len(keys) <= _KEY_HISTORY
+        and all(isinstance(k, str) and _KEY_PATTERN.fullmatch(k) for k in keys)
+    )
+
+
+def _checksum(kind: str, state: bytes, log: Any, keys: list[str]) -> str:
+    """sha256 over a record's state bytes, segment log and message keys: a damaged or edited
+    record is refused instead of being read as another memory."""
+    body = json.dumps([kind, log, keys], sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(hashlib.sha256(state).digest() + body.encode()).hexdigest()
 
 
 def _unwritten(messages: list[dict[str, str]], written_keys: list[str]) -> list[dict[str, str]]:

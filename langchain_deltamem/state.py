@@ -4,11 +4,13 @@ One loaded backbone serves many conversations, so the states live in this object
 handed to each forward pass explicitly. A state is always fp32 (it accumulates over thousands of
 writes), is never reset or re-shaped behind the caller's back, and serialises to safetensors
 bytes tagged with a format version, the adapter config and a fingerprint of the backbone and
-adapter it was written by, so it cannot be read by a model it does not belong to.
+adapter it was written by, so it cannot be read by a model it does not belong to, plus a
+checksum, so damaged bytes are refused rather than read as another memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ from .config import DeltaMemConfig
 STATE_FORMAT = "langchain-deltamem/memory-state"
 STATE_VERSION = 1
 _META_KEY = "deltamem"
+_META_FIELDS = {"format", "version", "fingerprint", "layer_ids", "config"}
+_CHECKSUM = "checksum"  # optional (states written before it existed have none)
+MAX_HEADER_BYTES = 1 << 16  # a real header is under 1 KiB; refuse JSON bombs unparsed
 
 
 class MemoryStateError(ValueError):
@@ -228,6 +233,9 @@ class MemoryState:
             "layer_ids": list(self.layer_ids),
             "config": self.config.to_json_dict(),
         }
+        # Covers metadata and tensors: a flipped bit anywhere is refused on load, not read
+        # as a slightly different memory.
+        header[_CHECKSUM] = _checksum(header, tensors)
         return safetensors_save(
             tensors, metadata={_META_KEY: json.dumps(header, sort_keys=True, separators=(",", ":"))}
         )
@@ -258,13 +266,22 @@ class MemoryState:
                 f"memory state version {metadata.get('version')!r}; this package reads "
                 f"{STATE_VERSION}"
             )
+        unknown = sorted(set(metadata) - _META_FIELDS - {_CHECKSUM})
+        if unknown:
+            raise MemoryStateError(f"corrupt memory state: unknown metadata field(s) {unknown}")
         try:
             tensors = safetensors_load(data)
             config = DeltaMemConfig.from_json_dict(metadata["config"])
-            layer_ids = tuple(int(i) for i in metadata["layer_ids"])
-            fingerprint = str(metadata["fingerprint"])
+            raw_ids, fingerprint = metadata["layer_ids"], metadata["fingerprint"]
         except (SafetensorError, KeyError, ValueError, TypeError) as err:
             raise MemoryStateError(f"corrupt memory state: {err}") from err
+        if not isinstance(raw_ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in raw_ids
+        ):
+            raise MemoryStateError(f"corrupt memory state: layer_ids {raw_ids!r:.80}")
+        if not isinstance(fingerprint, str):
+            raise MemoryStateError(f"corrupt memory state: fingerprint {fingerprint!r:.80}")
+        layer_ids = tuple(raw_ids)
         if set(tensors) != {"states", "write_counts"}:
             raise MemoryStateError(f"corrupt memory state: tensors {sorted(tensors)}")
         states, counts = tensors["states"], tensors["write_counts"]
@@ -282,6 +299,12 @@ class MemoryState:
         if bool((counts < 0).any()):
             raise MemoryStateError("corrupt memory state: negative write counts")
         state = cls(list(states.unbind(0)), layer_ids, config, fingerprint, counts)
+        if _CHECKSUM in metadata:
+            header = {k: v for k, v in metadata.items() if k != _CHECKSUM}
+            if metadata[_CHECKSUM] != _checksum(header, tensors):
+                raise MemoryStateError(
+                    "corrupt memory state: checksum mismatch (the bytes were altered or damaged)"
+                )
         if expected_fingerprint is not None:
             state.check_compatible(expected_fingerprint, layer_ids, config)
         return state.to(device) if device is not None else state
@@ -294,20 +317,35 @@ def _read_metadata(data: bytes) -> dict[str, object]:
     header_len = int.from_bytes(data[:8], "little")
     if header_len <= 0 or 8 + header_len > len(data):
         raise MemoryStateError("corrupt memory state: truncated header")
+    if header_len > MAX_HEADER_BYTES:
+        raise MemoryStateError(
+            f"corrupt memory state: header of {header_len:,} bytes is too large "
+            f"(max {MAX_HEADER_BYTES:,})"
+        )
     try:
         header = json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise MemoryStateError(f"corrupt memory state header: {err}") from err
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or not isinstance(metadata.get(_META_KEY), str):
         raise MemoryStateError("corrupt memory state: no δ-mem metadata in header")
     try:
         body = json.loads(metadata[_META_KEY])
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:
         raise MemoryStateError(f"corrupt memory state metadata: {err}") from err
     if not isinstance(body, dict):
         raise MemoryStateError("corrupt memory state: metadata is not an object")
     return body
+
+
+def _checksum(header: dict[str, object], tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the canonical metadata JSON and every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"\0{name}:{tensor.dtype}:{list(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
 
 
 def _split_fingerprint(fingerprint: str) -> dict[str, str]:
