@@ -243,3 +243,26 @@ def test_truncated_writes_change_the_backward_not_the_loss() -> None:
 
 def _tensor(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
+
+
+def test_write_only_training_leaves_the_read_path_untouched(tmp_path: Path) -> None:
+    config = TrainConfig(
+        adapter=DeltaMemConfig(rank=4),
+        steps=1,
+        batch_size=1,
+        warmup_steps=1,
+        lr=1e-2,
+        num_facts=(1,),
+        kinds=("facts",),
+        distractors=(0, 0),
+        train="write",
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    before = {k: v.clone() for k, v in trainer.handle.adapter_state_dict().items()}
+    try:
+        trainer.run(progress=False)
+        after = trainer.handle.adapter_state_dict()
+    finally:
+        trainer.handle.detach()
+    changed = {k.rsplit(".", 1)[-1] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"memory_k_proj", "memory_v_proj", "beta_proj", "beta_bias"}

@@ -60,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--distractors", type=int, nargs=2, default=[1, 4], metavar=("LO", "HI"))
     parser.add_argument("--curriculum", type=parse_curriculum, default=((0, None),))
     parser.add_argument("--init-adapter", default=None)
+    parser.add_argument(
+        "--train",
+        choices=["all", "write", "read"],
+        default="all",
+        help="which adapter parameters learn (write: keys, values, gates; read: queries, heads)",
+    )
     parser.add_argument("--tool-state", action="append", default=[], metavar="TOOL=INDEX")
     parser.add_argument(
         "--full-write-grad",
@@ -100,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         distractors=tuple(args.distractors),
         curriculum=args.curriculum,
         init_adapter=args.init_adapter,
+        train=args.train,
         truncated_writes=not args.full_write_grad,
         tool_states=parse_tool_states(args.tool_state),
     )

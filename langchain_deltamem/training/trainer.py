@@ -26,7 +26,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,6 +77,30 @@ class TrainConfig(BaseModel):
     """Write-pass gradients through the memory maths only (see `episodes.episode_loss`)."""
     init_adapter: str | None = None
     """Start from this adapter directory instead of a fresh one."""
+    train: Literal["all", "write", "read"] = "all"
+    """Which parameters learn: ``write`` = the write path (key/value projections and gates),
+    ``read`` = the read path (query projection and correction heads); the rest stay fixed.
+    ``write`` with an ``init_adapter`` whose read path already decodes states puts the whole
+    gradient into learning what to write."""
+
+
+WRITE_PATH = ("memory_k_proj", "memory_v_proj", "beta_proj", "beta_bias")
+
+
+def trainable_parameters(handle: Any, which: str) -> list[torch.nn.Parameter]:
+    """The adapter parameters that learn (``all``, ``write`` or ``read``); the others get
+    ``requires_grad=False`` so the backward pass skips them."""
+    chosen = []
+    for layer_id in handle.layer_ids:
+        for name, parameter in handle.layers[layer_id].named_parameters():
+            is_write = name in WRITE_PATH
+            keep = which == "all" or (which == "write") == is_write
+            parameter.requires_grad_(keep)
+            if keep:
+                chosen.append(parameter)
+    if not chosen:
+        raise ValueError(f"no adapter parameters to train for train={which!r}")
+    return chosen
 
 
 def candidates_at(config: TrainConfig, step: int) -> int | None:
@@ -150,7 +174,7 @@ class Trainer:
         else:
             self.handle = attach(model, config.adapter, seed=config.seed)
         self.router = SourceRouter(self.handle.config.num_states, config.tool_states)
-        self.params = list(self.handle.parameters())
+        self.params = trainable_parameters(self.handle, config.train)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, weight_decay=config.weight_decay
         )
@@ -314,7 +338,7 @@ class Trainer:
         model = self.handle.model
         self.handle.detach()
         self.handle = load_adapter(model, checkpoint / ADAPTER_DIR)
-        self.params = list(self.handle.parameters())
+        self.params = trainable_parameters(self.handle, self.config.train)
         state = torch.load(checkpoint / "trainer.pt", weights_only=True)  # never unpickle code
         self.optimizer = torch.optim.AdamW(
             self.params, lr=self.config.lr, weight_decay=self.config.weight_decay
