@@ -62,7 +62,9 @@ def test_tiny_run_writes_report_and_plots_and_resumes(tmp_path: Path) -> None:
     text = out.read_text()
     assert "| δ-mem bytes per conversation constant | — |" in text and "| yes |" in text
     assert "| δ-mem vs buffer memory, turn 6 time (goal ≤ 0.1×) |" in text
-    assert "| δ-mem turn 6 vs turn 1 time (goal ≤ 1.2×) |" in text
+    assert "| δ-mem turn 6 vs turn 1 time, 3 back-to-back pairs (goal ≤ 1.2×) |" in text
+    assert "| δ-mem turn 6 vs turn 1 time, medians of the rotating loop (goal ≤ 1.2×) |" in text
+    assert len(results["flat"]) == 3 and all(p["first"] > 0 < p["last"] for p in results["flat"])
     assert "Partial results" not in text
     pngs = [out.with_name(f"cost-{name}.png") for name in ("time", "tokens", "bytes")]
     assert paths == [out, *pngs]
@@ -74,6 +76,7 @@ def test_tiny_run_writes_report_and_plots_and_resumes(tmp_path: Path) -> None:
     assert "pass: all 6 turns from the cache" in log.getvalue()
     assert "samples: resuming from the cache" in log.getvalue()
     assert again["samples"] == results["samples"] and again["write"] == results["write"]
+    assert again["flat"] == results["flat"]
 
 
 def test_cli_passes_the_cost_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
