@@ -116,14 +116,14 @@ def test_every_system_answers_and_a_rerun_resumes(
         conversations=["conv-26"],
         systems=locomo.SYSTEMS,
         msw_adapter="fresh-msw",
-        max_questions=2,
+        max_questions=1,
         settings=settings,
         out=tmp_path,
         progress=False,
     )
     records = locomo.evaluate(tiny_locomo, **kwargs)
     assert sorted({r["system"] for r in records}) == sorted(locomo.SYSTEMS)
-    assert len(records) == 2 * len(locomo.SYSTEMS)
+    assert len(records) == len(locomo.SYSTEMS)
     assert all(0.0 <= r["f1"] <= 1.0 for r in records)
     by = {(r["system"], r["question_id"]): r["prediction"] for r in records}
     questions = sorted({r["question_id"] for r in records})
@@ -151,7 +151,7 @@ def test_every_system_answers_and_a_rerun_resumes(
     monkeypatch.setattr(locomo, "generate", counting)
     other = dict(kwargs, adapter="fresh-tsw", systems=["recent", "zero_state"])
     mixed = locomo.evaluate(tiny_locomo, **other)
-    assert len(calls) == 2  # zero_state for the two questions; recent came from the cache
+    assert len(calls) == 1  # zero_state answered again; recent came from the cache
     assert {r["system"] for r in mixed} == {"recent", "zero_state"}
     # answers made with other settings are never mixed in
     with pytest.raises(ValueError, match="other settings"):
