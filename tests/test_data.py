@@ -198,6 +198,19 @@ def test_candidates_restrict_the_answers() -> None:
     assert len(candidate_values("temperature", HELDOUT, 0, 10_000)) < 1_000  # a small pool
 
 
+def test_value_types_restrict_the_asked_facts() -> None:
+    episodes = generate_episodes(
+        40, seed=3, kinds=["facts", "update"], num_facts=(1, 2), value_types=["colour", "name"]
+    )
+    assert {e.meta["value_type"] for e in episodes} == {"colour", "name"}
+    everything = generate_episodes(40, seed=3, kinds=["facts", "update"], num_facts=(1, 2))
+    assert len({e.meta["value_type"] for e in everything}) > 2
+    with pytest.raises(ValueError, match="value_types"):
+        generate_episodes(1, value_types=["colour", "smell"])
+    with pytest.raises(ValueError, match="value_types"):
+        generate_episodes(1, value_types=[])
+
+
 def test_generate_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="kinds"):
         generate_episodes(1, kinds=["gossip"])

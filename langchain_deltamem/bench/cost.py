@@ -510,39 +510,29 @@ def goals(results: dict[str, Any]) -> list[tuple[str, float | None, str, str]]:
     rows: list[tuple[str, float | None, str, str]] = []
     if last in delta and last in buffer:
         a, b = delta[last]["s"], buffer[last]["gen_s"]
-        rows.append(
-            (
-                f"δ-mem vs buffer memory, turn {last} time (goal ≤ {GOAL_VS_BUFFER}×)",
-                a / b,
-                f"{a:.2f} s vs {b:.2f} s",
-                _met(a / b, GOAL_VS_BUFFER),
-            )
-        )
+        rows.append(_time_row(f"δ-mem vs buffer memory, turn {last} time", a, b, GOAL_VS_BUFFER))
     else:
         rows.append((f"δ-mem vs buffer memory, turn {last} time", None, "pending", "—"))
     pairs = results.get("flat") or []
     if pairs:
-        ratio = statistics.median(p["last"] / p["first"] for p in pairs)
-        a = statistics.median(p["last"] for p in pairs)
-        b = statistics.median(p["first"] for p in pairs)
         rows.append(
-            (
-                f"δ-mem turn {last} vs turn {first} time, {len(pairs)} back-to-back pairs "
-                f"(goal ≤ {GOAL_FLAT}×)",
-                ratio,
-                f"{a:.2f} s vs {b:.2f} s (medians)",
-                _met(ratio, GOAL_FLAT),
+            _time_row(
+                f"δ-mem turn {last} vs turn {first} time, {len(pairs)} back-to-back pairs",
+                statistics.median(p["last"] for p in pairs),
+                statistics.median(p["first"] for p in pairs),
+                GOAL_FLAT,
+                ratio=statistics.median(p["last"] / p["first"] for p in pairs),
+                note=" (medians)",
             )
         )
     if last in delta and first in delta:
         a, b = delta[last]["s"], delta[first]["s"]
         rows.append(
-            (
-                f"δ-mem turn {last} vs turn {first} time, medians of the rotating loop "
-                f"(goal ≤ {GOAL_FLAT}×)",
-                a / b,
-                f"{a:.2f} s vs {b:.2f} s",
-                _met(a / b, GOAL_FLAT),
+            _time_row(
+                f"δ-mem turn {last} vs turn {first} time, medians of the rotating loop",
+                a,
+                b,
+                GOAL_FLAT,
             )
         )
     else:
@@ -558,6 +548,25 @@ def goals(results: dict[str, Any]) -> list[tuple[str, float | None, str, str]]:
         )
     )
     return rows
+
+
+def _time_row(
+    measure: str,
+    a: float,
+    b: float,
+    goal: float,
+    *,
+    ratio: float | None = None,
+    note: str = "",
+) -> tuple[str, float, str, str]:
+    """One goal row comparing time ``a`` with ``b`` (``ratio`` defaults to a / b)."""
+    ratio = a / b if ratio is None else ratio
+    return (
+        f"{measure} (goal ≤ {goal}×)",
+        ratio,
+        f"{a:.2f} s vs {b:.2f} s{note}",
+        _met(ratio, goal),
+    )
 
 
 def _met(ratio: float, goal: float) -> str:

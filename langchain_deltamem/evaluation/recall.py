@@ -269,6 +269,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=50, help="episodes per number of facts")
     parser.add_argument("--kinds", nargs="*", default=["facts"])
     parser.add_argument(
+        "--value-types", nargs="+", default=None, help="only facts with values of these types"
+    )
+    parser.add_argument(
         "--split",
         choices=["heldout", "train"],
         default="heldout",
@@ -302,6 +305,7 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
             kinds=args.kinds,
             candidates=args.candidates,
             distractors=tuple(args.distractors),
+            value_types=args.value_types,
         )
     out = Path(args.out) if args.out else None
     if out is not None:

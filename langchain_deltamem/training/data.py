@@ -1943,8 +1943,15 @@ def _clashes(value: str, used: Iterable[str]) -> bool:
 class _Builder:
     """One episode's draws, messages and bookkeeping."""
 
-    def __init__(self, rng: random.Random, split: str, drawer: _Drawer) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        split: str,
+        drawer: _Drawer,
+        value_types: frozenset[str] | None = None,
+    ) -> None:
         self.rng, self.split, self.drawer = rng, split, drawer
+        self.value_types = value_types
         self.values: list[str] = []
         self.keys: set[str] = set()
 
@@ -2024,6 +2031,8 @@ class _Builder:
         for _ in range(200):
             fam = family or self.rng.choice(_FAMILIES)
             qual, value_type = self.rng.choice(fam.quals)
+            if self.value_types is not None and value_type not in self.value_types:
+                continue
             slot = _Slot(fam, qual, value_type)
             if self.reserve(slot.key):
                 return slot
@@ -2379,11 +2388,12 @@ def _episode(
     seed: int,
     distractors: tuple[int, int],
     drawer: _Drawer,
+    value_types: frozenset[str] | None = None,
 ) -> Episode:
     rng = random.Random(f"deltamem-episode:{split}:{seed}:{index}")
     problem = ""
     for _ in range(100):
-        builder = _Builder(rng, split, drawer)
+        builder = _Builder(rng, split, drawer, value_types)
         try:
             plan = _PLANNERS[kind](builder, num_facts)
             drafts = builder.assemble(plan.units, distractors, plan.before)
@@ -2416,6 +2426,7 @@ def generate_episodes(
     distractors: int | tuple[int, int] = (1, 4),
     candidates: int | None = None,
     pool_seed: int = 0,
+    value_types: Sequence[str] | None = None,
 ) -> list[Episode]:
     """``n`` synthetic episodes, a pure function of the arguments.
 
@@ -2427,7 +2438,9 @@ def generate_episodes(
     values, while enough distinct ones are left) come from the first ``candidates`` values of
     each type's pool shuffled by ``pool_seed`` (`candidate_values`); kept separate from
     ``seed`` so the candidate set stays the same while a trainer varies the seed per step.
-    None = the whole open pool.
+    None = the whole open pool. ``value_types``: only personal-fact slots whose value is of
+    one of these types (`VALUE_TYPES`) are used, e.g. to train on word-like values first;
+    None = all types.
     """
     _check_split(split)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -2444,6 +2457,7 @@ def generate_episodes(
         raise ValueError(f"distractors must be n ≥ 0 or (low, high), got {distractors!r}")
     if candidates is not None and candidates < 1:
         raise ValueError(f"candidates must be ≥ 1 or None, got {candidates}")
+    allowed = _check_value_types(value_types)
     drawer = _Drawer(split, candidates, pool_seed)
     start = random.Random(f"deltamem-order:{split}:{seed}").randrange(len(kinds) * len(facts))
     episodes = []
@@ -2460,9 +2474,25 @@ def generate_episodes(
                 seed=seed,
                 distractors=(low, high),
                 drawer=drawer,
+                value_types=allowed,
             )
         )
     return episodes
+
+
+def _check_value_types(value_types: Sequence[str] | None) -> frozenset[str] | None:
+    if value_types is None:
+        return None
+    allowed = frozenset(value_types)
+    unknown = sorted(allowed - set(VALUE_TYPES))
+    if not allowed or unknown:
+        raise ValueError(
+            f"value_types must be a non-empty subset of {VALUE_TYPES}, got {list(value_types)}"
+        )
+    slot_types = {value_type for fam in _FAMILIES for _, value_type in fam.quals}
+    if not allowed & slot_types:
+        raise ValueError(f"no personal-fact slot holds a value of type {sorted(allowed)}")
+    return allowed
 
 
 # --- files --------------------------------------------------------------------------------
@@ -2582,6 +2612,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-facts", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=None)
+    parser.add_argument(
+        "--value-types",
+        nargs="+",
+        choices=VALUE_TYPES,
+        default=None,
+        help="only personal facts with values of these types",
+    )
     parser.add_argument("--candidates", type=int, default=None, help="default: open pool")
     parser.add_argument("--pool-seed", type=int, default=0, help="shuffle of the candidates")
     parser.add_argument(
@@ -2605,6 +2642,7 @@ def run_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             distractors=(low, high),
             candidates=args.candidates,
             pool_seed=args.pool_seed,
+            value_types=args.value_types,
         )
     except ValueError as err:
         parser.error(str(err))

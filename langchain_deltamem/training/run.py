@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="JSONL episodes or chats (default: synthetic)")
     parser.add_argument("--num-facts", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--kinds", nargs="*", default=None)
+    parser.add_argument(
+        "--value-types", nargs="+", default=None, help="only facts with values of these types"
+    )
     parser.add_argument("--distractors", type=int, nargs=2, default=[1, 4], metavar=("LO", "HI"))
     parser.add_argument("--curriculum", type=parse_curriculum, default=((0, None),))
     parser.add_argument("--init-adapter", default=None)
@@ -103,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data=args.data,
         num_facts=tuple(args.num_facts),
         kinds=tuple(args.kinds) if args.kinds else None,
+        value_types=tuple(args.value_types) if args.value_types else None,
         distractors=tuple(args.distractors),
         curriculum=args.curriculum,
         init_adapter=args.init_adapter,

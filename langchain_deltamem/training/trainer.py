@@ -68,6 +68,8 @@ class TrainConfig(BaseModel):
     distractors: tuple[int, int] = (1, 4)
     """Chatter turns between facts (inclusive range), for synthetic episodes."""
     kinds: tuple[str, ...] | None = None
+    value_types: tuple[str, ...] | None = None
+    """Only personal facts whose value is of these types (`data.VALUE_TYPES`); None = all."""
     curriculum: tuple[tuple[int, int | None], ...] = ((0, None),)
     """``(from_step, candidates)`` pairs: how many candidate values per type synthetic
     episodes draw from, from that step on (None = the whole open pool)."""
@@ -138,6 +140,7 @@ class EpisodeSource:
                 kinds=config.kinds,
                 distractors=config.distractors,
                 candidates=candidates_at(config, step),
+                value_types=config.value_types,
             )
         n = len(self.fixed)
         out = []
