@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     from .evaluation import locomo
 
     locomo.add_arguments(which_eval.add_parser("locomo", help="LoCoMo QA against baselines"))
+    from .evaluation import perplexity
+
+    perplexity.add_arguments(
+        which_eval.add_parser("perplexity", help="plain-text perplexity with an unrelated memory")
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         from . import demo as demo_module
@@ -53,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         recall.run_from_args(args)
     elif args.command == "eval" and args.evaluation == "locomo":
         locomo.run_from_args(args)
+    elif args.command == "eval" and args.evaluation == "perplexity":
+        perplexity.run_from_args(args)
     elif args.command == "chat":
         raise SystemExit(chat_cli.run_from_args(args))
     elif args.command == "bench" and args.which == "cost":
