@@ -16,9 +16,11 @@ from langchain_deltamem.cli import main as cli_main
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.engine import get_engine
 from langchain_deltamem.memory import DeltaMemory, message_to_dict
+from langchain_deltamem.training.data import generate_episodes
 from langchain_deltamem.training.episodes import (
     answer_ids,
     episode_loss,
+    preservation_kl,
     question_ids,
     write_history,
 )
@@ -266,3 +268,56 @@ def test_write_only_training_leaves_the_read_path_untouched(tmp_path: Path) -> N
         trainer.handle.detach()
     changed = {k.rsplit(".", 1)[-1] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"memory_k_proj", "memory_v_proj", "beta_proj", "beta_bias"}
+
+
+@pytest.mark.slow
+def test_the_preservation_kl_is_zero_for_an_empty_memory_and_reaches_the_read_path() -> None:
+    engine = get_engine(adapter="fresh-msw")  # base_slice heads: non-zero corrections exist
+    handle, tokenizer = engine.handle, engine.tokenizer
+    chat, other = (e.history() for e in generate_episodes(2, seed=5, distractors=(1, 1)))
+    empty, tokens = preservation_kl(handle, tokenizer, chat, handle.new_state())
+    assert float(empty) == 0.0 and tokens > 20  # identical logits: exactly no divergence
+    memory = write_history(handle, tokenizer, other)
+    kl, _ = preservation_kl(handle, tokenizer, chat, memory)
+    assert float(kl) > 0
+    head = handle.layers[handle.layer_ids[0]].delta_o_proj
+    head.grad = None
+    kl.backward()
+    assert head.grad is not None and float(head.grad.abs().sum()) > 0
+    head.grad = None
+
+
+def test_preserve_is_logged_and_older_run_configs_still_resume(tmp_path: Path) -> None:
+    config = TrainConfig(
+        adapter=DeltaMemConfig(rank=4),
+        steps=1,
+        batch_size=1,
+        warmup_steps=1,
+        num_facts=(1,),
+        kinds=("facts",),
+        distractors=(0, 0),
+        preserve=1.0,
+    )
+    out = tmp_path / "run"
+    trainer = Trainer(config, out)
+    try:
+        trainer.run(progress=False)
+    finally:
+        trainer.handle.detach()
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["preserve_kl"] is not None and row["preserve_kl"] >= 0
+    # a run started before `value_types` existed did not store it: its default fills in
+    stored = json.loads((out / "train_config.json").read_text())
+    del stored["value_types"]
+    (out / "train_config.json").write_text(json.dumps(stored))
+    again = Trainer(config, out)
+    try:
+        again.run(progress=False)  # resumes (nothing left to do) instead of refusing
+        assert again.step == 1
+        # but a missing field whose default differs from this run's value is another config
+        del stored["preserve"]
+        (out / "train_config.json").write_text(json.dumps(stored))
+        with pytest.raises(ValueError, match="another configuration"):
+            again.run(progress=False)
+    finally:
+        again.handle.detach()

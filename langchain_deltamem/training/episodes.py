@@ -99,6 +99,27 @@ def answer_nll(
     return nll, int(ids.shape[1])
 
 
+def preservation_kl(
+    handle: DeltaMem, tokenizer: object, chat: Sequence[Mapping[str, str]], state: MemoryState
+) -> tuple[torch.Tensor, int]:
+    """Mean per-token KL(bare backbone ‖ adapted) over a plain ``chat`` read with ``state``.
+
+    ``state`` holds an unrelated memory: where the memory has nothing to say, the adapted
+    model should stay the backbone's language model (issue 5's perplexity goal). Returns the
+    KL and the number of tokens scored."""
+    text = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+        [{"role": m["role"], "content": m["content"]} for m in chat], tokenize=False
+    )
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids  # type: ignore[operator]
+    ids = ids.to(state.device)
+    with torch.no_grad():
+        bare = F.log_softmax(handle.model(ids, use_cache=False).logits.float(), dim=-1)
+    with handle.memory(state, track_corrections=False):
+        adapted = F.log_softmax(handle.model(ids, use_cache=False).logits.float(), dim=-1)
+    kl = F.kl_div(adapted, bare, log_target=True, reduction="none").sum(-1).mean()
+    return kl, int(ids.shape[1])
+
+
 def episode_loss(
     handle: DeltaMem,
     tokenizer: object,

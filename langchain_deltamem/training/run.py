@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--sparsity", type=float, default=0.0)
+    parser.add_argument(
+        "--preserve",
+        type=float,
+        default=0.0,
+        help="weight of the KL to the bare backbone on plain text with an unrelated memory",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=25)
     parser.add_argument("--data", default=None, help="JSONL episodes or chats (default: synthetic)")
@@ -101,6 +107,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr,
         warmup_steps=args.warmup_steps,
         sparsity=args.sparsity,
+        preserve=args.preserve,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         data=args.data,

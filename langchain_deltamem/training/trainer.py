@@ -38,7 +38,7 @@ from ..config import DeltaMemConfig
 from ..injection import attach
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
 from . import data as episode_data
-from .episodes import episode_loss
+from .episodes import episode_loss, preservation_kl, write_history
 
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
@@ -77,6 +77,10 @@ class TrainConfig(BaseModel):
     system_prompt: str = MEMORY_SYSTEM_PROMPT
     truncated_writes: bool = True
     """Write-pass gradients through the memory maths only (see `episodes.episode_loss`)."""
+    preserve: float = Field(0.0, ge=0)
+    """Weight of the preservation loss: per step, the KL from the bare backbone to the adapted
+    model on a plain synthetic chat read with another chat's memory (see
+    `episodes.preservation_kl`); keeps plain-text perplexity near the backbone's."""
     init_adapter: str | None = None
     """Start from this adapter directory instead of a fresh one."""
     train: Literal["all", "write", "read"] = "all"
@@ -150,6 +154,19 @@ class EpisodeSource:
             random.Random(config.seed * 7919 + epoch).shuffle(order)
             out.append(self.fixed[order[index]])
         return out
+
+    def plain_chats(self, step: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """Two synthetic training chats with chatter for step ``step``'s preservation loss:
+        the text to score and the unrelated memory to read while scoring it."""
+        first, second = episode_data.generate_episodes(
+            2,
+            split="train",
+            seed=self.config.seed * 1_000_003 + step + 500_000_000,
+            num_facts=(1, 2, 4),
+            kinds=("facts", "update", "document"),
+            distractors=(1, 3),
+        )
+        return first.history(), second.history()
 
 
 def cosine_lr(step: int, config: TrainConfig) -> float:
@@ -257,6 +274,22 @@ class Trainer:
             nlls.append(float(result.answer_nll))
             gates.append(float(result.gate_mean))
             tokens += result.tokens
+        preserve_kl = None
+        if config.preserve > 0:
+            text, other = self.source.plain_chats(self.step)
+            memory = write_history(
+                self.handle,
+                self.tokenizer,
+                other,
+                router=self.router,
+                system_prompt=config.system_prompt,
+                grad=True,
+                detach_inputs=config.truncated_writes,
+            )
+            kl, kl_tokens = preservation_kl(self.handle, self.tokenizer, text, memory)
+            (config.preserve * kl).backward()
+            preserve_kl = float(kl.detach())
+            tokens += kl_tokens
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             for p in self.params:
                 if p.grad is not None:
@@ -272,6 +305,7 @@ class Trainer:
             "loss": sum(losses) / len(losses),
             "answer_nll": sum(nlls) / len(nlls),
             "gate_mean": sum(gates) / len(gates),
+            "preserve_kl": preserve_kl,
             "grad_norm": float(grad_norm),
             "lr": lr,
             "candidates": candidates_at(config, self.step - 1),
@@ -284,8 +318,9 @@ class Trainer:
         path = self.out / "train_config.json"
         body = self.config.model_dump(mode="json")
         if path.exists():
-            stored = json.loads(path.read_text())
-            if stored != body:
+            # fields added since the run started hold their defaults, so older runs resume
+            stored = TrainConfig.model_validate(json.loads(path.read_text()))
+            if stored.model_dump(mode="json") != body:
                 raise ValueError(
                     f"{self.out} holds a run with another configuration; use a new --out "
                     "directory (or the same settings) to resume"
