@@ -64,7 +64,10 @@ class DeltaMemConfig(BaseModel):
     def _canonical_heads(cls, value: Any) -> tuple[str, ...]:
         if isinstance(value, str):
             value = tuple(value.replace(",", ""))
-        heads = tuple(value)
+        try:
+            heads = tuple(value)
+        except TypeError as err:  # pydantic wraps ValueError only; TypeError would escape
+            raise ValueError(f"heads: expected letters ({err})") from err
         unknown = [h for h in heads if h not in _HEAD_ORDER]
         if unknown:
             raise ValueError(f"heads: unknown head(s) {unknown}; choose from q, k, v, o")
@@ -79,7 +82,10 @@ class DeltaMemConfig(BaseModel):
     def _sorted_layers(cls, value: Any) -> tuple[int, ...] | None:
         if value is None:
             return None
-        layers = tuple(int(i) for i in value)
+        try:
+            layers = tuple(int(i) for i in value)
+        except TypeError as err:  # pydantic wraps ValueError only; TypeError would escape
+            raise ValueError(f"target_layers: not a list of integers ({err})") from err
         if not layers:
             raise ValueError("target_layers: empty; use None to wrap every layer")
         if any(i < 0 for i in layers):

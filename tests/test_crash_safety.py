@@ -5,13 +5,15 @@ writer processes. Each writer opens the database, logs what it found, then write
 loop, logging the record's digest before each write, the digest the write will store
 (``intend``, computed first on an unpersisted shadow copy) and the digest after it. The test
 kills each writer with SIGKILL, half the time at a random moment and half the time right after
-it logged entering a SQLite write statement or COMMIT (the writer lingers there, so the kill
-lands inside the open transaction). Then, in this process, with a new connection:
+it logged entering the memory write's first SQLite INSERT or, as often, its COMMIT (after the
+INSERT ran; the writer lingers there, so the kill lands inside the open transaction). Then, in
+this process, with a new connection:
 
 * the database passes ``PRAGMA integrity_check``;
 * what is stored for the scope is the state before the interrupted write or the one it
   intended (never another, never a mix), and it loads (`DeltaMemory` / the graph's restore);
-* the next writer starts from exactly that state.
+* the next writer starts from exactly that state;
+* the other scope, written once before the first kill, is exactly as it was.
 
 Two targets: a LangGraph `SqliteStore` behind `DeltaMemory`, and a `SqliteSaver` checkpoint
 written through `graph.agent_node` (the graph state's ``deltamem`` field, its pending writes and
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +144,7 @@ def _wait_for(zygote: Zygote, pid: int, log: Path, *prefixes: str, after: int = 
             return len(lines)
         if zygote.ask("poll", pid) != "alive":
             pytest.fail(f"writer {pid} died before '{prefix}': {lines[-20:]}")
-        time.sleep(0.001 if prefix == "phase" else 0.02)
+        time.sleep(0.001 if prefix.startswith("phase") else 0.02)
     pytest.fail(f"writer {pid} never logged '{prefix}'")
 
 
@@ -189,21 +191,51 @@ def allowed_after_kill(lines: list[str]) -> tuple[set[str], str]:
     return settled | inflight, moment
 
 
-def _kill_plan(seed: int) -> list[float | None]:
-    """Delays for random kills; None = kill inside the next SQLite write transaction."""
+AT_COMMIT = "inside the transaction (COMMIT)"  # the moment of a kill after the INSERT ran
+
+
+def _kill_plan(seed: int) -> list[float | str]:
+    """Delays for random kills, or the log line (after ``intend``) to kill at: the memory
+    write's first INSERT (BEGIN done, nothing written) or its COMMIT (the INSERT ran)."""
     rng = random.Random(seed)
-    return [rng.uniform(0.0, 1.5) if k % 2 == 0 else None for k in range(KILLS)]
+    targets = ["phase INSERT", "phase COMMIT"]
+    return [rng.uniform(0.0, 1.5) if k % 2 == 0 else targets[k // 2 % 2] for k in range(KILLS)]
 
 
-def _kill_writer(zygote: Zygote, kind: str, db: Path, log: Path, delay: float | None) -> int:
+def _kill_writer(
+    zygote: Zygote,
+    kind: str,
+    db: Path,
+    log: Path,
+    when: float | str,
+    on_start: Callable[[], None] | None = None,
+) -> int:
     pid = zygote.fork(kind, db, log, seed=random.randrange(10**6))
     seen = _wait_for(zygote, pid, log, "start")
-    if delay is None:
-        _wait_for(zygote, pid, log, "intend", "phase", after=seen)  # inside the memory write
+    if on_start is not None:
+        on_start()
+    if isinstance(when, str):
+        _wait_for(zygote, pid, log, "intend", when, after=seen)  # inside the memory write
     else:
-        time.sleep(delay)
+        time.sleep(when)
     _kill(zygote, pid, log)
     return pid
+
+
+def _count_moment(moments: Counter[str], moment: str, lines: list[str]) -> None:
+    """Count the full moment; a COMMIT kill must come after this write's INSERT ran."""
+    moments[moment] += 1
+    if moment == AT_COMMIT:
+        since = lines[max(i for i, line in enumerate(lines) if line.startswith("intend ")) :]
+        assert any(line.startswith("phase INSERT") for line in since), since
+
+
+def _check_moments(moments: Counter[str]) -> None:
+    print(f"kill moments: {dict(moments)}")  # shown with -s; the results doc quotes them
+    assert sum(moments.values()) == KILLS
+    inside = sum(n for m, n in moments.items() if m.startswith("inside the transaction"))
+    assert inside >= 2, moments  # the point of the exercise
+    assert moments[AT_COMMIT] >= 1, moments  # between the INSERT and the COMMIT at least once
 
 
 def _start_line(lines: list[str]) -> str:
@@ -221,14 +253,26 @@ def test_sqlite_store_survives_sigkill_mid_write(
     db = tmp_path / "store.sqlite"
     moments: Counter[str] = Counter()
     verified: str | None = None
-    for k, delay in enumerate(_kill_plan(seed=17)):
+    other: list[str] = []  # the other scope's digest, read before the first kill
+
+    def read_other() -> None:
+        if not other:  # the first writer stored it before logging "start"
+            conn = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
+            try:
+                item = SqliteStore(conn).get(DEFAULT_NAMESPACE, OTHER)
+                assert item is not None, "the first writer did not store the other scope"
+                other.append(digest(json.dumps(item.value, sort_keys=True).encode()))
+            finally:
+                conn.close()
+
+    for k, when in enumerate(_kill_plan(seed=17)):
         log = tmp_path / f"store-writer-{k}.log"
-        _kill_writer(zygote, "store", db, log, delay)
+        _kill_writer(zygote, "store", db, log, when, on_start=read_other)
         lines = _lines(log)
         if verified is not None:
             assert _start_line(lines) == f"start {verified}", "the restart found another state"
         allowed, moment = allowed_after_kill(lines)
-        moments[moment.split(" (")[0]] += 1
+        _count_moment(moments, moment, lines)
         _integrity(db)
         conn = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
         try:
@@ -239,13 +283,11 @@ def test_sqlite_store_survives_sigkill_mid_write(
             assert stored in allowed, f"kill {k} ({moment}): stored state is neither before/after"
             memory = DeltaMemory(engine, store=store)  # and it loads, as exactly those bytes
             assert digest(memory.export(scope=SCOPE)) == stored
-            memory.export(scope=OTHER)
+            assert digest(memory.export(scope=OTHER)) == other[0], f"kill {k}: other scope"
         finally:
             conn.close()
         verified = stored
-    print(f"kill moments: {dict(moments)}")  # shown with -s; the results doc quotes them
-    assert sum(moments.values()) == KILLS
-    assert moments["inside the transaction"] >= 2, moments  # the point of the exercise
+    _check_moments(moments)
 
 
 def test_sqlite_checkpoint_survives_sigkill_mid_write(
@@ -255,14 +297,14 @@ def test_sqlite_checkpoint_survives_sigkill_mid_write(
     config = {"configurable": {"thread_id": SCOPE}}
     moments: Counter[str] = Counter()
     previous: set[str] | None = None
-    for k, delay in enumerate(_kill_plan(seed=29)):
+    for k, when in enumerate(_kill_plan(seed=29)):
         log = tmp_path / f"graph-writer-{k}.log"
-        _kill_writer(zygote, "graph", db, log, delay)
+        _kill_writer(zygote, "graph", db, log, when)
         lines = _lines(log)
         if previous is not None:  # what the restarted writer found was legal
             assert set(_start_line(lines).split()[1:]) <= previous, (lines[:1], previous)
         allowed, moment = allowed_after_kill(lines)
-        moments[moment.split(" (")[0]] += 1
+        _count_moment(moments, moment, lines)
         _integrity(db)
         conn = sqlite3.connect(db, check_same_thread=False)
         try:
@@ -281,9 +323,7 @@ def test_sqlite_checkpoint_survives_sigkill_mid_write(
         finally:
             conn.close()
         previous = allowed
-    print(f"kill moments: {dict(moments)}")  # shown with -s; the results doc quotes them
-    assert sum(moments.values()) == KILLS
-    assert moments["inside the transaction"] >= 2, moments  # the point of the exercise
+    _check_moments(moments)
 
 
 def test_the_kill_oracle_rejects_a_foreign_state() -> None:
@@ -292,8 +332,20 @@ def test_the_kill_oracle_rejects_a_foreign_state() -> None:
     allowed, moment = allowed_after_kill(lines)
     assert allowed == {"s0", "s1"} and moment.startswith("inside the transaction")
     assert "s2" not in allowed
+    lines += ["phase COMMIT"]
+    assert allowed_after_kill(lines) == ({"s0", "s1"}, AT_COMMIT)
     with pytest.raises(AssertionError, match="unexpected state"):
         allowed_after_kill(["start s0", "before s9 write"])
+    # a write that stored something other than what it intended, or nothing it intended
+    with pytest.raises(AssertionError, match="after s2"):
+        allowed_after_kill(["start s0", "before s0 write", "intend s1", "after s2"])
+    with pytest.raises(AssertionError, match="after s1"):
+        allowed_after_kill(["start s0", "after s1"])
+    # a writer that saw its own write go wrong, or died of an error, is never an allowed log
+    with pytest.raises(AssertionError, match="MISMATCH a != b"):
+        allowed_after_kill(["start s0", "before s0 write", "intend b", "MISMATCH a != b"])
+    with pytest.raises(AssertionError, match="ERROR"):
+        allowed_after_kill(["start s0", "ERROR OperationalError: database is locked"])
 
 
 class FailingStore(InMemoryStore):

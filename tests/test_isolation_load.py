@@ -276,20 +276,34 @@ def test_asyncio_tasks_equal_their_sequential_twins(
 
 
 def test_the_twin_comparison_catches_a_crossed_read(engine: DeltaMemEngine) -> None:
-    """Swapping two scopes' states behind the memory's back is reported (the oracle can fail)."""
-    rows = [[Plan("cross-a", ["write", "read"], ["a", "a"])], [Plan("cross-b", ["write"], ["b"])]]
-    rows[0][0].texts = ["cross-a note: code 111111.", ""]
-    rows[1][0].texts = ["cross-b note: code 222222."]
+    """A read served from another scope's state is reported, and only that read differs
+    (the oracle can fail, and on the read itself: reads that ignored memory would not)."""
+    texts = ["cross-a note: code 111111.", "", "", ""]
+    rows = [[Plan("cross-a", ["write", "read", "read", "read"], texts)]]
+    rows.append([Plan("cross-b", ["write"], ["cross-b note: code 222222."])])
     runner = fresh_runner(engine)
     seen: dict[str, list[str]] = {"cross-a": [], "cross-b": []}
-    seen["cross-a"].append(runner.op(rows[0][0], 0))
+    seen["cross-a"] += [runner.op(rows[0][0], 0), runner.op(rows[0][0], 1)]
     seen["cross-b"].append(runner.op(rows[1][0], 0))
     record = runner.memory._scopes  # the internal table: cross the two scopes' states
-    record["cross-a"].state, record["cross-b"].state = (
-        record["cross-b"].state,
-        record["cross-a"].state,
-    )
-    seen["cross-a"].append(runner.op(rows[0][0], 1))
+
+    def swap() -> None:
+        record["cross-a"].state, record["cross-b"].state = (
+            record["cross-b"].state,
+            record["cross-a"].state,
+        )
+
+    swap()
+    seen["cross-a"].append(runner.op(rows[0][0], 2))  # the crossed read
+    swap()  # back: the later read and the final exports are the scopes' own again
+    seen["cross-a"].append(runner.op(rows[0][0], 3))
     finals(runner, rows, seen)
+    twin = sequential(engine, rows)
+    assert seen["cross-a"][2].startswith("read ") and seen["cross-a"][2] != twin["cross-a"][2]
+
+    def besides_crossed(obs: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {s: [o for k, o in enumerate(v) if (s, k) != ("cross-a", 2)] for s, v in obs.items()}
+
+    assert besides_crossed(seen) == besides_crossed(twin), "not only the crossed read differs"
     with pytest.raises(AssertionError, match="differ from their sequential twin"):
-        assert_same_as_twin(seen, sequential(engine, rows), rows)
+        assert_same_as_twin(seen, twin, rows)
