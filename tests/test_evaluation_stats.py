@@ -15,7 +15,7 @@ from langchain_deltamem.evaluation.recall import (
     summarize,
     to_markdown,
 )
-from langchain_deltamem.training.data import generate_episodes
+from langchain_deltamem.training.data import generate_episodes, swap_partners
 
 
 def test_a_constant_difference_has_a_zero_width_interval() -> None:
@@ -91,6 +91,18 @@ def test_swap_partners_stay_within_the_same_number_of_facts() -> None:
         other = partner[episode.id]
         assert other.num_facts == episode.num_facts
         assert other.id != episode.id
+
+
+def test_swap_partners_prefer_the_same_value_type() -> None:
+    episodes = generate_episodes(
+        12, split="heldout", seed=5, num_facts=[1], kinds=["facts"], value_types=["colour", "food"]
+    )
+    partners = swap_partners(episodes)
+    for i, episode in enumerate(episodes):
+        other = episodes[partners[i]]
+        assert partners[i] != i and other.meta["value_type"] == episode.meta["value_type"]
+    lone = generate_episodes(1, split="heldout", seed=5, num_facts=[1], kinds=["facts"])
+    assert swap_partners(lone) == [0]  # nothing else to swap with: the episode itself
 
 
 def test_summary_and_table_on_constructed_records() -> None:

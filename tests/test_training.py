@@ -287,16 +287,20 @@ def test_the_preservation_kl_is_zero_for_an_empty_memory_and_reaches_the_read_pa
     head.grad = None
 
 
-def test_preserve_is_logged_and_older_run_configs_still_resume(tmp_path: Path) -> None:
+def test_preserve_and_contrast_are_logged_and_older_run_configs_still_resume(
+    tmp_path: Path,
+) -> None:
     config = TrainConfig(
         adapter=DeltaMemConfig(rank=4),
         steps=1,
-        batch_size=1,
+        batch_size=2,
         warmup_steps=1,
         num_facts=(1,),
         kinds=("facts",),
+        value_types=("colour",),
         distractors=(0, 0),
         preserve=1.0,
+        contrast=1.0,
     )
     out = tmp_path / "run"
     trainer = Trainer(config, out)
@@ -306,9 +310,12 @@ def test_preserve_is_logged_and_older_run_configs_still_resume(tmp_path: Path) -
         trainer.handle.detach()
     row = json.loads((out / "metrics.jsonl").read_text())
     assert row["preserve_kl"] is not None and row["preserve_kl"] >= 0
-    # a run started before `value_types` existed did not store it: its default fills in
+    assert row["swapped_minus_right"] is not None
+    # an untrained adapter's state barely matters, so nearly the whole margin is paid
+    assert row["loss"] == pytest.approx(row["answer_nll"] + 1.0, abs=0.05)
+    # a run started before `margin` existed did not store it: its default fills in
     stored = json.loads((out / "train_config.json").read_text())
-    del stored["value_types"]
+    del stored["margin"]
     (out / "train_config.json").write_text(json.dumps(stored))
     again = Trainer(config, out)
     try:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate
 from ..tool_calling import render_prompt
-from ..training.data import Episode, generate_episodes
+from ..training.data import Episode, generate_episodes, swap_partners
 from ..training.episodes import answer_nll, question_ids, write_history
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, parse_tool_states
 from .bootstrap import paired_difference
@@ -168,14 +168,7 @@ class RecallEvaluator:
 
 
 def _swap_partners(episodes: Sequence[Episode]) -> dict[str, Episode]:
-    by_facts: dict[int, list[Episode]] = {}
-    for episode in episodes:
-        by_facts.setdefault(episode.num_facts, []).append(episode)
-    partner = {}
-    for group in by_facts.values():
-        for i, episode in enumerate(group):
-            partner[episode.id] = group[(i + 1) % len(group)] if len(group) > 1 else episode
-    return partner
+    return {e.id: episodes[j] for e, j in zip(episodes, swap_partners(episodes), strict=True)}
 
 
 def summarize(records: Sequence[dict[str, Any]], *, seed: int = 0) -> list[dict[str, Any]]:

@@ -2495,6 +2495,22 @@ def _check_value_types(value_types: Sequence[str] | None) -> frozenset[str] | No
     return allowed
 
 
+def swap_partners(episodes: Sequence[Episode]) -> list[int]:
+    """For each episode, the index of another whose state stands in as the *swapped* control.
+
+    The partner has the same number of facts and, where possible, an answer of the same value
+    type: a colour question read with another colour memory differs only in the stored value,
+    so the control measures content, not the kind of thing stored."""
+    partners = []
+    for i, episode in enumerate(episodes):
+        others = [(i + step) % len(episodes) for step in range(1, len(episodes))]
+        same_count = [j for j in others if episodes[j].num_facts == episode.num_facts]
+        value_type = episode.meta.get("value_type")
+        same_type = [j for j in same_count if episodes[j].meta.get("value_type") == value_type]
+        partners.append((same_type or same_count or [i])[0])
+    return partners
+
+
 # --- files --------------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ class EpisodeLoss:
     answer_nll: torch.Tensor  # mean per answer token (detached)
     gate_mean: torch.Tensor  # mean write gate of what was written (detached)
     tokens: int  # tokens through the backbone (write + read passes)
+    swapped_nll: torch.Tensor | None = None  # the answer read with another episode's state
 
 
 def write_history(
@@ -131,12 +132,20 @@ def episode_loss(
     sparsity: float = 0.0,
     system_prompt: str = MEMORY_SYSTEM_PROMPT,
     truncated_writes: bool = True,
+    swapped_state: MemoryState | None = None,
+    contrast: float = 0.0,
+    margin: float = 1.0,
 ) -> EpisodeLoss:
     """Write pass (with gradients) + read pass + answer-only cross-entropy (+ gate penalty).
 
     ``truncated_writes`` (default) keeps the write pass's gradients in the memory maths (the
     backbone's hidden states are read as constants, see `DeltaMem.memory`): the backward pass
-    then skips the backbone for every write call, which is most of an episode's tokens."""
+    then skips the backbone for every write call, which is most of an episode's tokens.
+
+    ``swapped_state`` (another episode's memory) adds the content term: the answer read with
+    it should be at least ``margin`` nats per token less likely than with the right state,
+    ``contrast · relu(margin − (NLL_swapped − NLL_right))``. A model that only learned which
+    answers are likely (the prior) gains nothing from its state and pays the full margin."""
     gates: list[torch.Tensor] = []
     state = write_history(
         handle,
@@ -153,8 +162,18 @@ def episode_loss(
     )
     gate_mean = torch.stack(gates).mean() if gates else nll.new_zeros(())
     loss = nll + sparsity * gate_mean
+    swapped_nll = None
+    if swapped_state is not None:
+        swapped_nll, more = answer_nll(
+            handle, tokenizer, swapped_state, question, answer, system_prompt=system_prompt
+        )
+        read_tokens += more
+        loss = loss + contrast * F.relu(margin - (swapped_nll - nll))
+        swapped_nll = swapped_nll.detach()
     write_tokens = sum(
         len(tokenizer(m["content"], add_special_tokens=False).input_ids)  # type: ignore[operator]
         for m in messages
     )
-    return EpisodeLoss(loss, nll.detach(), gate_mean.detach(), write_tokens + read_tokens)
+    return EpisodeLoss(
+        loss, nll.detach(), gate_mean.detach(), write_tokens + read_tokens, swapped_nll
+    )

@@ -53,6 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--sparsity", type=float, default=0.0)
     parser.add_argument(
+        "--contrast",
+        type=float,
+        default=0.0,
+        help="weight of the content term: the answer must be less likely with another "
+        "episode's state",
+    )
+    parser.add_argument("--margin", type=float, default=1.0, help="nats per answer token")
+    parser.add_argument(
         "--preserve",
         type=float,
         default=0.0,
@@ -108,6 +116,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_steps=args.warmup_steps,
         sparsity=args.sparsity,
         preserve=args.preserve,
+        contrast=args.contrast,
+        margin=args.margin,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         data=args.data,

@@ -77,6 +77,10 @@ class TrainConfig(BaseModel):
     system_prompt: str = MEMORY_SYSTEM_PROMPT
     truncated_writes: bool = True
     """Write-pass gradients through the memory maths only (see `episodes.episode_loss`)."""
+    contrast: float = Field(0.0, ge=0)
+    """Weight of the content term (`episodes.episode_loss`): each episode's answer is also
+    read with the next episode's state and must be ``margin`` nats per token less likely."""
+    margin: float = Field(1.0, gt=0)
     preserve: float = Field(0.0, ge=0)
     """Weight of the preservation loss: per step, the KL from the bare backbone to the adapted
     model on a plain synthetic chat read with another chat's memory (see
@@ -257,7 +261,20 @@ class Trainer:
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         losses, nlls, gates, tokens = [], [], [], 0
-        for episode in episodes:
+        swapped_nlls: list[float] = []
+        partners = episode_data.swap_partners(episodes)
+        for index, episode in enumerate(episodes):
+            swapped_state = None
+            if config.contrast > 0 and partners[index] != index:
+                partner = episodes[partners[index]]
+                with torch.no_grad():  # the right state's write path carries the gradient
+                    swapped_state = write_history(
+                        self.handle,
+                        self.tokenizer,
+                        partner.history(),
+                        router=self.router,
+                        system_prompt=config.system_prompt,
+                    )
             result = episode_loss(
                 self.handle,
                 self.tokenizer,
@@ -268,8 +285,13 @@ class Trainer:
                 sparsity=config.sparsity,
                 system_prompt=config.system_prompt,
                 truncated_writes=config.truncated_writes,
+                swapped_state=swapped_state,
+                contrast=config.contrast,
+                margin=config.margin,
             )
             (result.loss / len(episodes)).backward()
+            if result.swapped_nll is not None:
+                swapped_nlls.append(float(result.swapped_nll) - float(result.answer_nll))
             losses.append(float(result.loss.detach()))
             nlls.append(float(result.answer_nll))
             gates.append(float(result.gate_mean))
@@ -306,6 +328,7 @@ class Trainer:
             "answer_nll": sum(nlls) / len(nlls),
             "gate_mean": sum(gates) / len(gates),
             "preserve_kl": preserve_kl,
+            "swapped_minus_right": sum(swapped_nlls) / len(swapped_nlls) if swapped_nlls else None,
             "grad_norm": float(grad_norm),
             "lr": lr,
             "candidates": candidates_at(config, self.step - 1),
