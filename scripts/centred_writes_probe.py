@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from state_spread import spread  # scripts/ is on the path when this runs as a script
 
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.evaluation.recall import content_nll
@@ -72,10 +73,7 @@ def centre(means: dict[int, torch.Tensor]) -> None:
 def state_variance_fraction(handle, tokenizer, episodes) -> float:
     with torch.no_grad():
         states = [write_history(handle, tokenizer, e.history()) for e in episodes]
-    fractions = []
-    for layer in range(len(states[0].layers)):
-        x = torch.stack([s.layers[layer].flatten() for s in states])
-        fractions.append(float(((x - x.mean(0)) ** 2).sum(1).mean() / (x**2).sum(1).mean()))
+    fractions = spread(states)
     return sum(fractions) / len(fractions)
 
 
