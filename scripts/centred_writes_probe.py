@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -55,10 +56,22 @@ def mean_segment_inputs(handle, tokenizer, n: int = 64) -> dict[int, torch.Tenso
     return {key: sums[key] / counts[key] for key in sums}
 
 
-def centre(means: dict[int, torch.Tensor]) -> None:
+def centre(trainer: Trainer, by_layer: dict[int, torch.Tensor]) -> None:
+    """Patch the layer class so segment keys and values see ``h̄ − μ`` (the gate sees h̄).
+
+    Layers are found by object; a resumed trainer attaches new ones, so the lookup is rebuilt
+    from the trainer's current handle whenever a layer is not known yet."""
+    means: dict[int, torch.Tensor] = {}
+
+    def mean_of(layer: DeltaMemLayer) -> torch.Tensor:
+        if id(layer) not in means:
+            handle = trainer.handle
+            means.clear()
+            means.update({id(handle.layers[i]): by_layer[i] for i in handle.layer_ids})
+        return means[id(layer)]
+
     def centred(self, h):  # type: ignore[no-untyped-def]
-        mu = means[id(self)]
-        c = h - mu
+        c = h - mean_of(self)
         k = F.normalize(
             torch.tanh(self._split_states(F.linear(c, self.memory_k_proj))), dim=-1, eps=1e-6
         )
@@ -102,13 +115,17 @@ def main() -> None:
         checkpoint_every=args.probe_every,
     )
     trainer = Trainer(config, args.out)
-    handle, tokenizer = trainer.handle, trainer.tokenizer
-    if handle.layers[handle.layer_ids[0]].config.rankwise_gates is False:
+    handle = trainer.handle
+    if not handle.config.rankwise_gates:
         raise SystemExit("this probe assumes rank-wise gates")
-    means = {id(handle.layers[i]): None for i in handle.layer_ids}
-    measured = mean_segment_inputs(handle, tokenizer)
-    means = {key: measured[key] for key in means}
-    torch.save({i: means[id(handle.layers[i])] for i in handle.layer_ids}, f"{args.out}-mu.pt")
+    mu_file = Path(f"{args.out}-mu.pt")
+    resuming = mu_file.exists()
+    if resuming:  # the μ the run started with
+        by_layer = torch.load(mu_file, weights_only=True)
+    else:
+        measured = mean_segment_inputs(handle, trainer.tokenizer)
+        by_layer = {i: measured[id(handle.layers[i])] for i in handle.layer_ids}
+        torch.save(by_layer, mu_file)
     probe_set = generate_episodes(
         40,
         split="heldout",
@@ -118,19 +135,24 @@ def main() -> None:
         distractors=(0, 0),
         value_types=args.value_types,
     )
-    engine = SimpleNamespace(handle=handle, tokenizer=tokenizer)
 
     def probe(step: int) -> None:
+        engine = SimpleNamespace(handle=trainer.handle, tokenizer=trainer.tokenizer)
         result = content_nll(engine, probe_set)  # type: ignore[arg-type]
-        result["state_variance_fraction"] = state_variance_fraction(handle, tokenizer, probe_set)
+        result["state_variance_fraction"] = state_variance_fraction(
+            trainer.handle, trainer.tokenizer, probe_set
+        )
         result["step"] = step
         print(json.dumps(result), flush=True)
         with open(f"{args.out}-probes.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")
 
-    probe(-1)  # uncentred, as the adapter was trained
-    centre(means)
-    probe(0)
+    if not resuming:
+        probe(-1)  # uncentred, as the adapter was trained
+    centre(trainer, by_layer)
+    if resuming:  # load the checkpoint, then probe where the run stands
+        trainer.run(max_steps=0, progress=False)
+    probe(trainer.step)
     while trainer.step < args.steps:
         trainer.run(max_steps=args.probe_every, progress=False)
         probe(trainer.step)
