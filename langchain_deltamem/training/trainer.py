@@ -79,7 +79,8 @@ class TrainConfig(BaseModel):
     """Write-pass gradients through the memory maths only (see `episodes.episode_loss`)."""
     contrast: float = Field(0.0, ge=0)
     """Weight of the content term (`episodes.episode_loss`): each episode's answer is also
-    read with the next episode's state and must be ``margin`` nats per token less likely."""
+    read with the state of another episode in the batch (same value type where possible,
+    `data.swap_partners`) and must be ``margin`` nats per token less likely there."""
     margin: float = Field(1.0, gt=0)
     preserve: float = Field(0.0, ge=0)
     """Weight of the preservation loss: per step, the KL from the bare backbone to the adapted
@@ -266,15 +267,7 @@ class Trainer:
         for index, episode in enumerate(episodes):
             swapped_state = None
             if config.contrast > 0 and partners[index] != index:
-                partner = episodes[partners[index]]
-                with torch.no_grad():  # the right state's write path carries the gradient
-                    swapped_state = write_history(
-                        self.handle,
-                        self.tokenizer,
-                        partner.history(),
-                        router=self.router,
-                        system_prompt=config.system_prompt,
-                    )
+                swapped_state = self._memory_of(episodes[partners[index]].history())
             result = episode_loss(
                 self.handle,
                 self.tokenizer,
@@ -299,16 +292,9 @@ class Trainer:
         preserve_kl = None
         if config.preserve > 0:
             text, other = self.source.plain_chats(self.step)
-            memory = write_history(
-                self.handle,
-                self.tokenizer,
-                other,
-                router=self.router,
-                system_prompt=config.system_prompt,
-                grad=True,
-                detach_inputs=config.truncated_writes,
+            kl, kl_tokens = preservation_kl(
+                self.handle, self.tokenizer, text, self._memory_of(other, grad=True)
             )
-            kl, kl_tokens = preservation_kl(self.handle, self.tokenizer, text, memory)
             (config.preserve * kl).backward()
             preserve_kl = float(kl.detach())
             tokens += kl_tokens
@@ -335,6 +321,21 @@ class Trainer:
             "tokens_per_s": tokens / max(elapsed, 1e-9),
             "seconds": elapsed,
         }
+
+    def _memory_of(self, history: list[dict[str, str]], *, grad: bool = False) -> Any:
+        """A state written from ``history`` the way the chat model writes it; ``grad`` keeps
+        the write path's graph (the swapped control is written without: the right state's
+        write path carries the gradient)."""
+        with torch.set_grad_enabled(grad):
+            return write_history(
+                self.handle,
+                self.tokenizer,
+                history,
+                router=self.router,
+                system_prompt=self.config.system_prompt,
+                grad=grad,
+                detach_inputs=self.config.truncated_writes,
+            )
 
     # --- files ----------------------------------------------------------------------------
     def _check_or_write_config(self) -> None:
