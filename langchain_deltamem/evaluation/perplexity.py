@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
+from ..segments import chat_ids
 from ..training.data import generate_episodes
 from ..training.episodes import write_history
 from .bootstrap import paired_difference
@@ -64,8 +65,7 @@ def token_nll(
     engine: DeltaMemEngine, chat: Chat, state: Any | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token NLL of the rendered ``chat`` and the logits; ``state`` None = bare backbone."""
-    text = engine.tokenizer.apply_chat_template(list(chat), tokenize=False)
-    ids = engine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    ids = chat_ids(engine.tokenizer, chat)
     with torch.no_grad():
         if state is None:
             logits = engine.model(ids, use_cache=False).logits

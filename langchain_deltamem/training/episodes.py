@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from ..injection import DeltaMem
+from ..segments import chat_ids
 from ..state import MemoryState
 from ..tool_calling import render_prompt
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, turn_groups, write_messages
@@ -108,11 +109,7 @@ def preservation_kl(
     ``state`` holds an unrelated memory: where the memory has nothing to say, the adapted
     model should stay the backbone's language model (issue 5's perplexity goal). Returns the
     KL and the number of tokens scored."""
-    text = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-        [{"role": m["role"], "content": m["content"]} for m in chat], tokenize=False
-    )
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids  # type: ignore[operator]
-    ids = ids.to(state.device)
+    ids = chat_ids(tokenizer, chat).to(state.device)  # type: ignore[arg-type]
     with torch.no_grad():
         bare = F.log_softmax(handle.model(ids, use_cache=False).logits.float(), dim=-1)
     with handle.memory(state, track_corrections=False):
