@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m langchain_deltamem.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15  # slowest tests listed: CI must stay under 20 min
 
 bench: $(STAMP)
 	$(BIN)/python -m langchain_deltamem.bench core --out docs/results/core-benchmark.md

@@ -99,6 +99,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--contrast", type=float, default=1.0)
     parser.add_argument("--value-types", nargs="+", default=["colour", "food"])
+    parser.add_argument(
+        "--train", choices=["all", "write"], default="all", help="write: the read path stays"
+    )
     args = parser.parse_args()
     config = TrainConfig(
         adapter=DeltaMemConfig(rank=16),
@@ -113,6 +116,7 @@ def main() -> None:
         contrast=args.contrast,
         init_adapter=args.init_adapter,
         checkpoint_every=args.probe_every,
+        train=args.train,
     )
     trainer = Trainer(config, args.out)
     handle = trainer.handle
