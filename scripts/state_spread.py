@@ -16,16 +16,12 @@ import torch
 
 from langchain_deltamem.engine import get_engine
 from langchain_deltamem.training.data import generate_episodes
-from langchain_deltamem.training.episodes import write_history
+from langchain_deltamem.training.episodes import between_episode_share, write_history
 
 
 def spread(states: list) -> list[float]:
     """Per layer: mean squared distance to the mean state / mean squared norm."""
-    fractions = []
-    for layer in range(len(states[0].layers)):
-        x = torch.stack([s.layers[layer].flatten() for s in states])
-        fractions.append(float(((x - x.mean(0)) ** 2).sum(1).mean() / (x**2).sum(1).mean()))
-    return fractions
+    return [float(x) for x in between_episode_share(states)]
 
 
 def main() -> None:

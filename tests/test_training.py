@@ -16,9 +16,11 @@ from langchain_deltamem.cli import main as cli_main
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.engine import get_engine
 from langchain_deltamem.memory import DeltaMemory, message_to_dict
+from langchain_deltamem.state import MemoryState
 from langchain_deltamem.training.data import generate_episodes
 from langchain_deltamem.training.episodes import (
     answer_ids,
+    between_episode_share,
     episode_loss,
     preservation_kl,
     question_ids,
@@ -50,6 +52,26 @@ def test_curriculum_and_schedule() -> None:
 
 
 # --- on the embedded model -------------------------------------------------------------------
+
+
+def test_between_episode_share_measures_how_much_states_differ() -> None:
+    config = DeltaMemConfig(rank=2)
+
+    def states(*matrices: torch.Tensor) -> list[MemoryState]:
+        return [MemoryState([m.reshape(1, 1, 2, 2)], (0,), config, "test") for m in matrices]
+
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert float(between_episode_share(states(a, a, a))[0]) == pytest.approx(0.0)
+    # opposite states: the mean is zero, all of the norm is between-episode variance
+    assert float(between_episode_share(states(a, -a))[0]) == pytest.approx(1.0)
+    # a shared part c plus ±d: share = |d|² / (|c|² + |d|²)
+    c, d = torch.ones(2, 2), torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    assert float(between_episode_share(states(c + d, c - d))[0]) == pytest.approx(1 / 5)
+    varying = (c + d).requires_grad_()
+    (1 - between_episode_share(states(varying, c - d))[0]).backward()
+    assert varying.grad is not None and float(varying.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="at least 2 states"):
+        between_episode_share(states(a))
 
 
 @tool
@@ -301,6 +323,7 @@ def test_preserve_and_contrast_are_logged_and_older_run_configs_still_resume(
         distractors=(0, 0),
         preserve=1.0,
         contrast=1.0,
+        spread=1.0,
     )
     out = tmp_path / "run"
     trainer = Trainer(config, out)
@@ -311,6 +334,7 @@ def test_preserve_and_contrast_are_logged_and_older_run_configs_still_resume(
     row = json.loads((out / "metrics.jsonl").read_text())
     assert row["preserve_kl"] is not None and row["preserve_kl"] >= 0
     assert row["swapped_minus_right"] is not None
+    assert 0 <= row["between_episode_share"] <= 1
     # an untrained adapter's state barely matters, so nearly the whole margin is paid
     assert row["loss"] == pytest.approx(row["answer_nll"] + 1.0, abs=0.05)
     # a run started before `margin` existed did not store it: its default fills in

@@ -118,6 +118,22 @@ def preservation_kl(
     return kl, int(ids.shape[1])
 
 
+def between_episode_share(states: Sequence[MemoryState]) -> torch.Tensor:
+    """Per layer, the between-episode variance of the states over their mean squared norm.
+
+    Near 0 means every episode leaves (almost) the same matrix, so the read path can only
+    learn that a state is present, not what it holds (training.md, session 4). Differentiable:
+    ``1 − share`` is the trainer's spread penalty. Returns ``[num_layers]``."""
+    if len(states) < 2:
+        raise ValueError(f"between_episode_share needs at least 2 states, got {len(states)}")
+    shares = []
+    for layer in range(len(states[0].layers)):
+        x = torch.stack([s.layers[layer].flatten() for s in states])
+        variance = (x - x.mean(0)).pow(2).sum(1).mean()
+        shares.append(variance / x.pow(2).sum(1).mean().clamp_min(1e-12))
+    return torch.stack(shares)
+
+
 def episode_loss(
     handle: DeltaMem,
     tokenizer: object,

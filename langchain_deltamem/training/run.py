@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--margin", type=float, default=1.0, help="nats per answer token")
     parser.add_argument(
+        "--spread",
+        type=float,
+        default=0.0,
+        help="weight of the penalty on written states that are the same for every episode",
+    )
+    parser.add_argument(
         "--preserve",
         type=float,
         default=0.0,
@@ -118,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         preserve=args.preserve,
         contrast=args.contrast,
         margin=args.margin,
+        spread=args.spread,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         data=args.data,

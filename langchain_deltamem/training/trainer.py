@@ -38,7 +38,7 @@ from ..config import DeltaMemConfig
 from ..injection import attach
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
 from . import data as episode_data
-from .episodes import episode_loss, preservation_kl, write_history
+from .episodes import between_episode_share, episode_loss, preservation_kl, write_history
 
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
@@ -82,6 +82,10 @@ class TrainConfig(BaseModel):
     read with the state of another episode in the batch (same value type where possible,
     `data.swap_partners`) and must be ``margin`` nats per token less likely there."""
     margin: float = Field(1.0, gt=0)
+    spread: float = Field(0.0, ge=0)
+    """Weight of ``1 − between-episode share`` of the batch's written states
+    (`episodes.between_episode_share`): a state that is the same for every episode carries
+    only "something was written"; this pays for that sameness directly."""
     preserve: float = Field(0.0, ge=0)
     """Weight of the preservation loss: per step, the KL from the bare backbone to the adapted
     model on a plain synthetic chat read with another chat's memory (see
@@ -289,6 +293,12 @@ class Trainer:
             nlls.append(float(result.answer_nll))
             gates.append(float(result.gate_mean))
             tokens += result.tokens
+        spread_share = None
+        if config.spread > 0 and len(episodes) > 1:
+            states = [self._memory_of(e.history(), grad=True) for e in episodes]
+            share = between_episode_share(states).mean()
+            (config.spread * (1 - share)).backward()
+            spread_share = float(share.detach())
         preserve_kl = None
         if config.preserve > 0:
             text, other = self.source.plain_chats(self.step)
@@ -314,6 +324,7 @@ class Trainer:
             "answer_nll": sum(nlls) / len(nlls),
             "gate_mean": sum(gates) / len(gates),
             "preserve_kl": preserve_kl,
+            "between_episode_share": spread_share,
             "swapped_minus_right": sum(swapped_nlls) / len(swapped_nlls) if swapped_nlls else None,
             "grad_norm": float(grad_norm),
             "lr": lr,
