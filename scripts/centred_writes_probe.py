@@ -56,6 +56,20 @@ def mean_segment_inputs(handle, tokenizer, n: int = 64) -> dict[int, torch.Tenso
     return {key: sums[key] / counts[key] for key in sums}
 
 
+def probe_episodes(n: int, value_types: list[str]) -> list:
+    """The held-out 1-fact episodes ``deltamem eval recall --facts 1 --distractors 0 0``
+    draws with its default seed, so script probes and CLI probes score the same episodes."""
+    return generate_episodes(
+        n,
+        split="heldout",
+        seed=1235,
+        num_facts=[1],
+        kinds=["facts"],
+        distractors=(0, 0),
+        value_types=value_types,
+    )
+
+
 def centre(trainer: Trainer, by_layer: dict[int, torch.Tensor]) -> None:
     """Patch the layer class so segment keys and values see ``h̄ − μ`` (the gate sees h̄).
 
@@ -130,15 +144,7 @@ def main() -> None:
         measured = mean_segment_inputs(handle, trainer.tokenizer)
         by_layer = {i: measured[id(handle.layers[i])] for i in handle.layer_ids}
         torch.save(by_layer, mu_file)
-    probe_set = generate_episodes(
-        40,
-        split="heldout",
-        seed=1235,
-        num_facts=[1],
-        kinds=["facts"],
-        distractors=(0, 0),
-        value_types=args.value_types,
-    )
+    probe_set = probe_episodes(40, args.value_types)
 
     def probe(step: int) -> None:
         engine = SimpleNamespace(handle=trainer.handle, tokenizer=trainer.tokenizer)

@@ -21,14 +21,13 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from centred_writes_probe import mean_segment_inputs
+from centred_writes_probe import mean_segment_inputs, probe_episodes
 
 from langchain_deltamem.backbones import load_backbone
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.evaluation.recall import content_nll
 from langchain_deltamem.injection import attach
 from langchain_deltamem.layer import DeltaMemLayer
-from langchain_deltamem.training.data import generate_episodes
 
 _ORIGINAL = DeltaMemLayer.write_inputs
 
@@ -76,15 +75,7 @@ def main() -> None:
     if not args.no_centre:
         measured = mean_segment_inputs(handle, tokenizer)
         centre_values({key: value for key, value in measured.items()})
-    episodes = generate_episodes(
-        args.n,
-        split="heldout",
-        seed=1235,
-        num_facts=[1],
-        kinds=["facts"],
-        distractors=(0, 0),
-        value_types=args.value_types,
-    )
+    episodes = probe_episodes(args.n, args.value_types)
     engine = SimpleNamespace(handle=handle, tokenizer=tokenizer)
     for gain in args.gains:
         with torch.no_grad():
