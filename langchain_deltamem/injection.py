@@ -514,28 +514,45 @@ class DeltaMem:
             layer = self.layers[layer_id]
             if run.detach_inputs:
                 hidden = hidden.detach()
-            if not run.write:  # the state is fixed for the block: read it pre-scaled by α/r
-                scaled = run.scaled_states.get(position)
-                if scaled is None:
-                    scaled = run.scaled_states[position] = state * self.config.scale
-                read = layer.read(hidden.float(), scaled)
+            if torch.is_autocast_enabled(hidden.device.type):  # the memory maths stays fp32
+                with torch.autocast(hidden.device.type, enabled=False):
+                    self._read_write(run, layer, position, layer_id, hidden, plan)
             else:
-                read, new_state = layer(
-                    hidden.float(),
-                    state,
-                    write=True,
-                    write_mask=plan.write_mask,
-                    segment_pool=plan.segment_pool,
-                    segment_mask=plan.segment_mask,
-                    gates_out=run.gates,
-                )
-                read = read * self.config.scale  # once here rather than at every seam
-                run.state.layers[position] = new_state
-            if plan.valid is not None:
-                read = read * plan.valid[..., None]
-            run.reads[layer_id] = read
+                self._read_write(run, layer, position, layer_id, hidden, plan)
 
         return before_attention
+
+    def _read_write(
+        self,
+        run: MemoryRun,
+        layer: DeltaMemLayer,
+        position: int,
+        layer_id: int,
+        hidden: torch.Tensor,
+        plan: _ForwardPlan,
+    ) -> None:
+        """This call's reads (scaled by α/r) and, with writes, the layer's new state."""
+        state = run.state.layers[position]
+        if not run.write:  # the state is fixed for the block: read it pre-scaled by α/r
+            scaled = run.scaled_states.get(position)
+            if scaled is None:
+                scaled = run.scaled_states[position] = state * self.config.scale
+            read = layer.read(hidden.float(), scaled)
+        else:
+            read, new_state = layer(
+                hidden.float(),
+                state,
+                write=True,
+                write_mask=plan.write_mask,
+                segment_pool=plan.segment_pool,
+                segment_mask=plan.segment_mask,
+                gates_out=run.gates,
+            )
+            read = read * self.config.scale  # once here rather than at every seam
+            run.state.layers[position] = new_state
+        if plan.valid is not None:
+            read = read * plan.valid[..., None]
+        run.reads[layer_id] = read
 
 
 def attach(

@@ -95,6 +95,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="backpropagate the write pass through the backbone too (slower)",
     )
+    parser.add_argument(
+        "--reference-loop",
+        action="store_true",
+        help="one episode at a time (the reference the batched path is tested against)",
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast for the backbone (memory maths fp32)"
+    )
+    parser.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        help="weight of KL(teacher ‖ student) at the answer; teacher = backbone with the history",
+    )
+    parser.add_argument("--distill-temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--contrast-target",
+        type=float,
+        default=0.0,
+        help="weight of the content-contrast target (right − partner, student vs teacher)",
+    )
+    parser.add_argument(
+        "--autoencode",
+        type=float,
+        default=0.0,
+        help="fraction of each batch that asks for the first stored message back",
+    )
+    parser.add_argument("--gate-lr", type=float, default=None, help="learning rate of the gates")
+    parser.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    parser.add_argument(
+        "--probe-every", type=int, default=0, help="held-out content probe every K steps"
+    )
+    parser.add_argument("--probe-n", type=int, default=200)
+    parser.add_argument("--probe-value-types", nargs="+", default=["colour", "food"])
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -137,6 +171,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         train=args.train,
         truncated_writes=not args.full_write_grad,
         tool_states=parse_tool_states(args.tool_state),
+        batched=not args.reference_loop,
+        bf16=args.bf16,
+        distill=args.distill,
+        distill_temperature=args.distill_temperature,
+        contrast_target=args.contrast_target,
+        autoencode=args.autoencode,
+        gate_lr=args.gate_lr,
+        schedule=args.schedule,
+        probe_every=args.probe_every,
+        probe_n=args.probe_n,
+        probe_value_types=tuple(args.probe_value_types) if args.probe_value_types else None,
     )
 
 

@@ -39,6 +39,8 @@ from ..injection import attach
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
 from . import data as episode_data
 from .episodes import between_episode_share, episode_loss, preservation_kl, write_history
+from .objectives import ObjectiveWeights, batch_loss
+from .probe import content_probe, probe_episodes
 
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
@@ -92,6 +94,30 @@ class TrainConfig(BaseModel):
     `episodes.preservation_kl`); keeps plain-text perplexity near the backbone's."""
     init_adapter: str | None = None
     """Start from this adapter directory instead of a fresh one."""
+    batched: bool = True
+    """Write and read the step's episodes in batched forwards (`objectives.batch_loss`);
+    False runs the per-episode reference (`episodes.episode_loss`), kept for the benchmark."""
+    bf16: bool = False
+    """bf16 autocast for the frozen backbone's matmuls (the memory maths stays fp32)."""
+    distill: float = Field(0.0, ge=0)
+    """Weight of KL(teacher ‖ student) at the answer positions; the teacher is the frozen
+    backbone with the history in its prompt."""
+    distill_temperature: float = Field(1.0, gt=0)
+    contrast_target: float = Field(0.0, ge=0)
+    """Weight of the content-contrast target (`objectives`): the student's log-probability
+    difference between the right and a same-type partner's state must match the teacher's
+    difference between the two histories."""
+    autoencode: float = Field(0.0, ge=0, le=1)
+    """Fraction of each batch turned into autoencoding chats: the question asks for the
+    first stored message back, word for word, from memory alone."""
+    gate_lr: float | None = Field(None, gt=0)
+    """Learning rate of the write gates (``beta_proj``, ``beta_bias``); None = ``lr``."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """``constant`` (after warm-up) lets a run be extended without a jump in the rate."""
+    probe_every: int = Field(0, ge=0)
+    """Every K steps, the held-out content probe (`probe`) goes into metrics.jsonl; 0 = off."""
+    probe_n: int = Field(200, ge=2)
+    probe_value_types: tuple[str, ...] | None = ("colour", "food")
     train: Literal["all", "write", "read"] = "all"
     """Which parameters learn: ``write`` = the write path (key/value projections and gates),
     ``read`` = the read path (query projection and correction heads); the rest stay fixed.
@@ -100,11 +126,19 @@ class TrainConfig(BaseModel):
 
 
 WRITE_PATH = ("memory_k_proj", "memory_v_proj", "beta_proj", "beta_bias")
+GATES = ("beta_proj", "beta_bias")
+EXTENDABLE = ("steps", "probe_every")
+"""Fields a run may change when it is resumed: more steps, another probe interval."""
+AUTOENCODE_QUESTION = "Repeat the first message I sent you, word for word."
 
 
 def trainable_parameters(handle: Any, which: str) -> list[torch.nn.Parameter]:
     """The adapter parameters that learn (``all``, ``write`` or ``read``); the others get
     ``requires_grad=False`` so the backward pass skips them."""
+    return [p for _, p in _trainable(handle, which)]
+
+
+def _trainable(handle: Any, which: str) -> list[tuple[str, torch.nn.Parameter]]:
     chosen = []
     for layer_id in handle.layer_ids:
         for name, parameter in handle.layers[layer_id].named_parameters():
@@ -112,10 +146,35 @@ def trainable_parameters(handle: Any, which: str) -> list[torch.nn.Parameter]:
             keep = which == "all" or (which == "write") == is_write
             parameter.requires_grad_(keep)
             if keep:
-                chosen.append(parameter)
+                chosen.append((name, parameter))
     if not chosen:
         raise ValueError(f"no adapter parameters to train for train={which!r}")
     return chosen
+
+
+def make_optimizer(handle: Any, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable adapter parameters; the gates in a group of their own when
+    ``gate_lr`` is set."""
+    named = _trainable(handle, config.train)
+    gates = [p for n, p in named if n in GATES and config.gate_lr is not None]
+    rest = [p for n, p in named if not (n in GATES and config.gate_lr is not None)]
+    groups: list[dict[str, Any]] = [{"params": rest, "lr": config.lr}]
+    if gates:
+        groups.append({"params": gates, "lr": config.gate_lr})
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=config.lr, weight_decay=config.weight_decay
+    )
+
+
+def autoencoding(episode: episode_data.Episode) -> episode_data.Episode:
+    """The episode with its question replaced by a request for the first stored user
+    message, which becomes the answer: the memory must hold the message itself."""
+    first = next((m.content for m in episode.messages if m.role == "user"), None)
+    if first is None:
+        return episode
+    return episode.model_copy(
+        update={"question": AUTOENCODE_QUESTION, "answer": first, "kind": "autoencode"}
+    )
 
 
 def candidates_at(config: TrainConfig, step: int) -> int | None:
@@ -143,6 +202,17 @@ class EpisodeSource:
                 raise ValueError(f"{path}: no episodes")
 
     def batch(self, step: int) -> list[episode_data.Episode]:
+        config = self.config
+        episodes = self._episodes(step)
+        share = round(config.autoencode * len(episodes))
+        if share:
+            order = list(range(len(episodes)))
+            random.Random(config.seed * 31 + step).shuffle(order)
+            for i in order[:share]:
+                episodes[i] = autoencoding(episodes[i])
+        return episodes
+
+    def _episodes(self, step: int) -> list[episode_data.Episode]:
         config = self.config
         if self.fixed is None:
             return episode_data.generate_episodes(
@@ -182,6 +252,8 @@ def cosine_lr(step: int, config: TrainConfig) -> float:
     """Learning-rate factor: linear warm-up, then cosine decay to 10 % of the peak."""
     if step < config.warmup_steps:
         return (step + 1) / (config.warmup_steps + 1)
+    if config.schedule == "constant":
+        return 1.0
     span = max(1, config.steps - config.warmup_steps)
     progress = min(1.0, (step - config.warmup_steps) / span)
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -204,14 +276,13 @@ class Trainer:
             self.handle = attach(model, config.adapter, seed=config.seed)
         self.router = SourceRouter(self.handle.config.num_states, config.tool_states)
         self.params = trainable_parameters(self.handle, config.train)
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.lr, weight_decay=config.weight_decay
-        )
+        self.optimizer = make_optimizer(self.handle, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: cosine_lr(step, config)
         )
         self.source = EpisodeSource(config)
         self.step = 0
+        self._probe_set: list[episode_data.Episode] | None = None
 
     # --- the loop -------------------------------------------------------------------------
     @property
@@ -248,6 +319,12 @@ class Trainer:
                     nll=f"{record['answer_nll']:.3f}",
                     tok_s=f"{record['tokens_per_s']:.0f}",
                 )
+                if (
+                    self.is_main
+                    and self.config.probe_every
+                    and (self.step % self.config.probe_every == 0)
+                ):
+                    self._log({"step": self.step, "probe": self.probe()})
                 if self.step % self.config.checkpoint_every == 0 or self.step == end:
                     self.save_checkpoint()
         finally:
@@ -265,6 +342,81 @@ class Trainer:
             episodes = episodes[rank::world]
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        if config.batched:
+            record = self._batched_losses(episodes)
+        else:
+            record = self._reference_losses(episodes)
+        tokens = record.pop("tokens")
+        preserve_kl = None
+        if config.preserve > 0:
+            text, other = self.source.plain_chats(self.step)
+            kl, kl_tokens = preservation_kl(
+                self.handle, self.tokenizer, text, self._memory_of(other, grad=True)
+            )
+            (config.preserve * kl).backward()
+            preserve_kl = float(kl.detach())
+            tokens += kl_tokens
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        elapsed = time.perf_counter() - start
+        return {
+            "step": self.step,
+            **record,
+            "preserve_kl": preserve_kl,
+            "grad_norm": float(grad_norm),
+            "lr": lr,
+            "candidates": candidates_at(config, self.step - 1),
+            "episodes_per_s": len(episodes) / max(elapsed, 1e-9),
+            "tokens_per_s": tokens / max(elapsed, 1e-9),
+            "seconds": elapsed,
+        }
+
+    def _batched_losses(self, episodes: list[episode_data.Episode]) -> dict[str, Any]:
+        """The batch in batched forwards (`objectives.batch_loss`), backward included."""
+        config = self.config
+        weights = ObjectiveWeights(
+            sparsity=config.sparsity,
+            margin_contrast=config.contrast,
+            margin=config.margin,
+            distill=config.distill,
+            temperature=config.distill_temperature,
+            contrast_target=config.contrast_target,
+            spread=config.spread,
+        )
+        result = batch_loss(
+            self.handle,
+            self.tokenizer,
+            episodes,
+            weights,
+            router=self.router,
+            system_prompt=config.system_prompt,
+            truncated_writes=config.truncated_writes,
+            bf16=config.bf16,
+        )
+        result.loss.backward()
+        return {
+            "loss": float(result.loss.detach()),
+            "answer_nll": result.answer_nll,
+            "gate_mean": result.gate_mean,
+            "between_episode_share": result.between_episode_share,
+            "swapped_minus_right": result.swapped_minus_right,
+            "distill_kl": result.distill_kl,
+            "contrast_target_error": result.contrast_target_error,
+            "tokens": result.tokens,
+        }
+
+    def _reference_losses(self, episodes: list[episode_data.Episode]) -> dict[str, Any]:
+        """The batch one episode at a time (`episodes.episode_loss`), backward included."""
+        config = self.config
+        if config.distill or config.contrast_target:
+            raise ValueError("distill and contrast_target need the batched path (batched=True)")
         losses, nlls, gates, tokens = [], [], [], 0
         swapped_nlls: list[float] = []
         partners = episode_data.swap_partners(episodes)
@@ -299,39 +451,27 @@ class Trainer:
             share = between_episode_share(states).mean()
             (config.spread * (1 - share)).backward()
             spread_share = float(share.detach())
-        preserve_kl = None
-        if config.preserve > 0:
-            text, other = self.source.plain_chats(self.step)
-            kl, kl_tokens = preservation_kl(
-                self.handle, self.tokenizer, text, self._memory_of(other, grad=True)
-            )
-            (config.preserve * kl).backward()
-            preserve_kl = float(kl.detach())
-            tokens += kl_tokens
-        if self.accelerator is not None and self.accelerator.num_processes > 1:
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        elapsed = time.perf_counter() - start
         return {
-            "step": self.step,
             "loss": sum(losses) / len(losses),
             "answer_nll": sum(nlls) / len(nlls),
             "gate_mean": sum(gates) / len(gates),
-            "preserve_kl": preserve_kl,
             "between_episode_share": spread_share,
             "swapped_minus_right": sum(swapped_nlls) / len(swapped_nlls) if swapped_nlls else None,
-            "grad_norm": float(grad_norm),
-            "lr": lr,
-            "candidates": candidates_at(config, self.step - 1),
-            "tokens_per_s": tokens / max(elapsed, 1e-9),
-            "seconds": elapsed,
+            "tokens": tokens,
         }
+
+    def probe(self) -> dict[str, Any]:
+        """The held-out content probe (`probe.content_probe`) on the current adapter."""
+        if self._probe_set is None:
+            self._probe_set = probe_episodes(self.config.probe_n, self.config.probe_value_types)
+        return content_probe(
+            self.handle,
+            self.tokenizer,
+            self._probe_set,
+            router=self.router,
+            system_prompt=self.config.system_prompt,
+            bf16=self.config.bf16,
+        )
 
     def _memory_of(self, history: list[dict[str, str]], *, grad: bool = False) -> Any:
         """A state written from ``history`` the way the chat model writes it; ``grad`` keeps
@@ -354,12 +494,18 @@ class Trainer:
         body = self.config.model_dump(mode="json")
         if path.exists():
             # fields added since the run started hold their defaults, so older runs resume
-            stored = TrainConfig.model_validate(json.loads(path.read_text()))
-            if stored.model_dump(mode="json") != body:
+            stored = TrainConfig.model_validate(json.loads(path.read_text())).model_dump(
+                mode="json"
+            )
+            differs = sorted(k for k in body if body[k] != stored[k] and k not in EXTENDABLE)
+            if differs:
                 raise ValueError(
-                    f"{self.out} holds a run with another configuration; use a new --out "
-                    "directory (or the same settings) to resume"
+                    f"{self.out} holds a run with another configuration ({', '.join(differs)} "
+                    f"differ); use a new --out directory, or the same settings to resume (only "
+                    f"{', '.join(EXTENDABLE)} may change, e.g. more --steps to extend it)"
                 )
+            if stored != body and self.is_main:
+                path.write_text(json.dumps(body, indent=2) + "\n")
         elif self.is_main:
             path.write_text(json.dumps(body, indent=2) + "\n")
 
@@ -413,9 +559,7 @@ class Trainer:
         self.handle = load_adapter(model, checkpoint / ADAPTER_DIR)
         self.params = trainable_parameters(self.handle, self.config.train)
         state = torch.load(checkpoint / "trainer.pt", weights_only=True)  # never unpickle code
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=self.config.lr, weight_decay=self.config.weight_decay
-        )
+        self.optimizer = make_optimizer(self.handle, self.config)
         # the scheduler first: building it sets the groups' lr, which the optimizer's saved
         # state (the lr of the next step) must then overwrite
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -436,17 +580,22 @@ def read_metrics(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def plot_loss(metrics: Path, png: Path) -> None:
-    """Loss and answer NLL per step (with a 25-step running mean) as a PNG."""
+    """Loss and answer NLL per step (with a 25-step running mean) and, when the run probes
+    itself, the held-out content gap (swapped − right, 95 % interval) over training."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(read_metrics(metrics))
+    everything = list(read_metrics(metrics))
+    rows = [r for r in everything if "loss" in r]
+    probes = [r for r in everything if "probe" in r]
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    panels = 2 if probes else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(7, 4 * panels), squeeze=False)
+    ax = axes[0][0]
     for key, label in (("loss", "loss"), ("answer_nll", "answer NLL")):
         values = [r[key] for r in rows]
         ax.plot(steps, values, alpha=0.3, linewidth=0.8)
@@ -461,6 +610,26 @@ def plot_loss(metrics: Path, png: Path) -> None:
     ax.set_ylabel("nats per answer token")
     ax.legend()
     ax.grid(alpha=0.3)
+    if probes:
+        ax = axes[1][0]
+        x = [r["step"] for r in probes]
+        gap = [r["probe"]["swapped_minus_right"] for r in probes]
+        ax.errorbar(
+            x,
+            [g["estimate"] for g in gap],
+            yerr=[
+                [g["estimate"] - g["low"] for g in gap],
+                [g["high"] - g["estimate"] for g in gap],
+            ],
+            marker="o",
+            capsize=3,
+            label=f"held-out swapped − right (n={probes[-1]['probe']['n']}, 95 % CI)",
+        )
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats per answer token")
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = png.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)

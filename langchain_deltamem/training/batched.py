@@ -1,0 +1,285 @@
+"""Episodes in batches: the fast path of the trainer and of the content probe.
+
+`episodes.episode_loss` runs one episode at a time: a forward per write call and one for the
+read, each computing logits over every position. Here a whole batch goes through
+
+* one padded forward of the decoder per write call index (episodes whose histories make the
+  same number of write calls move together; a call only touches the rows that make it), with
+  no language-model head, since writes need hidden states only;
+* one padded read forward for every episode's question + answer, with the head applied only
+  at the positions whose next token is scored;
+* optionally bf16 autocast for the backbone's matmuls (the memory maths stays fp32).
+
+With ``bf16=False`` the losses equal the per-episode reference within float tolerance
+(`tests/test_training_batched.py`); the trainer and the probe use this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from ..injection import DeltaMem
+from ..segments import encode_segments
+from ..state import MemoryState
+from ..tool_calling import render_prompt
+from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, turn_groups
+from .episodes import answer_ids, question_ids
+
+Messages = Sequence[Mapping[str, str]]
+
+
+@contextlib.contextmanager
+def backbone_precision(bf16: bool) -> Iterator[None]:
+    """bf16 autocast for the frozen backbone's matmuls on the CPU (≈2.5× on AVX512-BF16);
+    the memory layer turns autocast off for its own maths."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        yield
+
+
+# --- write pass -----------------------------------------------------------------------------
+def _pad(rows: Sequence[torch.Tensor], value: int) -> torch.Tensor:
+    width = max(int(r.numel()) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : row.numel()] = row
+    return out
+
+
+def _routes(
+    router: SourceRouter, groups: Sequence[Messages], num_states: int
+) -> torch.Tensor | None:
+    """``[B, S, H]`` MSW routing of each row's segments (False beyond a row's last segment)."""
+    if num_states == 1:
+        return None
+    width = max(len(g) for g in groups)
+    routes = torch.zeros(len(groups), width, num_states, dtype=torch.bool)
+    for b, group in enumerate(groups):
+        for s, message in enumerate(group):
+            routes[b, s, router.state_for(str(message.get("source") or message["role"]))] = True
+    return routes
+
+
+def write_histories(
+    handle: DeltaMem,
+    tokenizer: object,
+    histories: Sequence[Messages],
+    *,
+    router: SourceRouter | None = None,
+    system_prompt: str = MEMORY_SYSTEM_PROMPT,
+    grad: bool = False,
+    detach_inputs: bool = False,
+    gate_log: list[torch.Tensor] | None = None,
+    bf16: bool = False,
+) -> MemoryState:
+    """One state per history (``[B, …]``), written turn by turn as the chat model writes it.
+
+    Same calls, segments and routing as `episodes.write_history` per history; the c-th write
+    call of every history that has one runs in one padded forward."""
+    router = router or SourceRouter(handle.config.num_states)
+    state = handle.new_state(len(histories))
+    calls = [turn_groups(h) for h in histories]
+    system = {"role": "system", "content": system_prompt}
+    pad = int(getattr(tokenizer, "pad_token_id", None) or 0)
+    for c in range(max((len(g) for g in calls), default=0)):
+        rows = [b for b, groups in enumerate(calls) if len(groups) > c]
+        groups = [calls[b][c] for b in rows]
+        encoded = [
+            encode_segments(
+                tokenizer,  # type: ignore[arg-type]
+                [system, *({"role": m["role"], "content": m["content"]} for m in g)],
+            )
+            for g in groups
+        ]
+        ids = _pad([e.input_ids[0] for e in encoded], pad)
+        segments = _pad([e.segment_ids[0] for e in encoded], -1)
+        mask = _pad([torch.ones_like(e.input_ids[0]) for e in encoded], 0)
+        whole = len(rows) == len(histories)
+        sub = state if whole else _rows_of(state, rows)
+        with (
+            torch.set_grad_enabled(grad),
+            backbone_precision(bf16),
+            handle.memory(
+                sub,
+                write=True,
+                segment_ids=segments.to(state.device),
+                routes=_routes(router, groups, handle.config.num_states),
+                collect_gates=gate_log is not None,
+                detach_inputs=detach_inputs,
+                track_corrections=False,
+            ) as run,
+        ):
+            _decoder(handle)(ids.to(state.device), attention_mask=mask.to(state.device))
+        if gate_log is not None and run.gates:
+            gate_log.extend(run.gates)
+        if not whole:
+            state = _put_rows(state, rows, sub)
+    return state
+
+
+def _rows_of(state: MemoryState, rows: list[int]) -> MemoryState:
+    index = torch.tensor(rows, device=state.device)
+    return MemoryState(
+        [t.index_select(0, index) for t in state.layers],
+        state.layer_ids,
+        state.config,
+        state.fingerprint,
+        state.write_counts[rows].clone(),
+    )
+
+
+def _put_rows(state: MemoryState, rows: list[int], sub: MemoryState) -> MemoryState:
+    index = torch.tensor(rows, device=state.device)
+    counts = state.write_counts.clone()
+    counts[rows] = sub.write_counts
+    return MemoryState(
+        [t.index_copy(0, index, s) for t, s in zip(state.layers, sub.layers, strict=True)],
+        state.layer_ids,
+        state.config,
+        state.fingerprint,
+        counts,
+    )
+
+
+def _decoder(handle: DeltaMem) -> torch.nn.Module:
+    model = handle.model
+    return model.get_decoder() if hasattr(model, "get_decoder") else model
+
+
+# --- read pass ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Prompts + answers, right-padded, and which next tokens are scored.
+
+    Attributes:
+        input_ids: ``[B, T]``.
+        attention_mask: ``[B, T]``.
+        positions: ``[N, 2]`` (row, position) whose *next* token is scored.
+        targets: ``[N]`` the scored tokens.
+        row_of: ``[N]`` the row of each scored token (for per-episode means).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    targets: torch.Tensor
+
+    @property
+    def row_of(self) -> torch.Tensor:
+        return self.positions[:, 0]
+
+    @property
+    def rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def score_batch(
+    tokenizer: object, prompts: Sequence[torch.Tensor], answers: Sequence[torch.Tensor]
+) -> ScoredBatch:
+    """Right-pad ``prompt + answer`` per row; the answer tokens are scored."""
+    rows = [torch.cat([p, a]) for p, a in zip(prompts, answers, strict=True)]
+    pad = int(getattr(tokenizer, "pad_token_id", None) or 0)
+    ids = _pad(rows, pad)
+    mask = _pad([torch.ones_like(r) for r in rows], 0)
+    positions, targets = [], []
+    for b, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        for j in range(a.numel()):
+            positions.append((b, p.numel() + j - 1))
+            targets.append(int(a[j]))
+    return ScoredBatch(ids, mask, torch.tensor(positions), torch.tensor(targets))
+
+
+def question_batch(
+    tokenizer: object,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    system_prompt: str = MEMORY_SYSTEM_PROMPT,
+) -> ScoredBatch:
+    """The read pass's input: memory system prompt + question, then the answer (+ EOS)."""
+    prompts = [question_ids(tokenizer, q, system_prompt)[0] for q in questions]
+    return score_batch(tokenizer, prompts, [answer_ids(tokenizer, a) for a in answers])
+
+
+def history_batch(
+    tokenizer: object,
+    histories: Sequence[Messages],
+    questions: Sequence[str],
+    answers: Sequence[str],
+    system_prompt: str = MEMORY_SYSTEM_PROMPT,
+) -> ScoredBatch:
+    """The teacher's input: the same prompt with the whole history before the question."""
+    prompts = []
+    for history, question in zip(histories, questions, strict=True):
+        messages = [SystemMessage(system_prompt), *prompt_messages(history)]
+        text = render_prompt(tokenizer, [*messages, HumanMessage(question)])
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids  # type: ignore[operator]
+        prompts.append(ids[0])
+    return score_batch(tokenizer, prompts, [answer_ids(tokenizer, a) for a in answers])
+
+
+def prompt_messages(history: Messages) -> list[BaseMessage]:
+    """A written history as prompt messages (tool results quoted in a user turn, as rendered
+    for backbones without a tool role)."""
+    out: list[BaseMessage] = []
+    for message in history:
+        role, content = message["role"], message["content"]
+        if role == "assistant":
+            out.append(AIMessage(content))
+        elif role == "tool":
+            name = str(message.get("source", "tool")).removeprefix("tool:")
+            out.append(HumanMessage(f'<tool_response name="{name}">\n{content}\n</tool_response>'))
+        else:
+            out.append(HumanMessage(content))
+    return out
+
+
+def scored_logits(
+    handle: DeltaMem,
+    batch: ScoredBatch,
+    state: MemoryState | None,
+    *,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """fp32 logits ``[N, V]`` at the scored positions, reading ``state`` (None = the bare
+    backbone). The head runs on those positions only (the vocabulary is ~20 % of the flops)."""
+    device = handle.layers[handle.layer_ids[0]].memory_q_proj.device
+    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+    memory = (
+        handle.memory(state, track_corrections=False)
+        if state is not None
+        else contextlib.nullcontext()
+    )
+    with memory, backbone_precision(bf16):
+        hidden = _decoder(handle)(ids, attention_mask=mask, use_cache=False).last_hidden_state
+        rows, cols = batch.positions[:, 0].to(device), batch.positions[:, 1].to(device)
+        logits = handle.model.get_output_embeddings()(hidden[rows, cols])
+    return logits.float()
+
+
+def per_row_mean(values: torch.Tensor, batch: ScoredBatch) -> torch.Tensor:
+    """Mean of per-token ``values [N]`` within each row: ``[B]``."""
+    rows = batch.row_of.to(values.device)
+    sums = torch.zeros(batch.rows, dtype=values.dtype, device=values.device)
+    counts = torch.zeros(batch.rows, dtype=values.dtype, device=values.device)
+    sums = sums.index_add(0, rows, values)
+    counts = counts.index_add(0, rows, torch.ones_like(values))
+    return sums / counts.clamp_min(1)
+
+
+def answer_nlls(
+    handle: DeltaMem, batch: ScoredBatch, state: MemoryState | None, *, bf16: bool = False
+) -> torch.Tensor:
+    """Mean answer NLL per row ``[B]`` (as `episodes.answer_nll` per episode)."""
+    logits = scored_logits(handle, batch, state, bf16=bf16)
+    nll = F.cross_entropy(logits, batch.targets.to(logits.device), reduction="none")
+    return per_row_mean(nll, batch)
+
+
+def permuted(state: MemoryState, order: Sequence[int]) -> MemoryState:
+    """The rows of ``state`` in ``order`` (differentiable; e.g. swapped partners' states)."""
+    return _rows_of(state, list(order))

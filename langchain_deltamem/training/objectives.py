@@ -1,0 +1,184 @@
+"""What one training step pays for, on a batch of episodes (the fast, batched path).
+
+* **answer cross-entropy** through memory (the paper's objective);
+* **logit distillation**: KL(teacher ‖ student) at the answer positions, where the teacher is
+  the same frozen backbone with the history in its prompt (exactly what the memory replaces);
+* **content-contrast target**: the teacher's log-probability *difference* between this
+  episode's history and a same-type partner's, at its top tokens, is what the student's
+  difference between the right and the partner's state must match; the shared part of the
+  targets (format, prior), which dominates the plain losses, cancels;
+* **margin contrast** (older): the answer must be ``margin`` nats less likely with the
+  partner's state;
+* the write-gate sparsity and the spread penalty (`episodes.between_episode_share`).
+
+The episodes of a step are written in one batched write pass and read in one batched read
+pass (`batched`); the teacher runs without gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..injection import DeltaMem
+from ..state import MemoryState
+from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
+from . import batched
+from .data import Episode, swap_partners
+
+
+@dataclass(frozen=True)
+class ObjectiveWeights:
+    """Weights of the terms (0 = off) and their settings."""
+
+    sparsity: float = 0.0
+    margin_contrast: float = 0.0
+    margin: float = 1.0
+    distill: float = 0.0
+    temperature: float = 1.0
+    contrast_target: float = 0.0
+    contrast_top_k: int = 20
+    spread: float = 0.0
+
+
+@dataclass
+class StepLoss:
+    """The differentiable loss of a batch and the detached numbers logged with it."""
+
+    loss: torch.Tensor
+    answer_nll: float
+    gate_mean: float
+    tokens: int
+    swapped_minus_right: float | None = None
+    distill_kl: float | None = None
+    contrast_target_error: float | None = None
+    between_episode_share: float | None = None
+
+
+def batch_share(state: MemoryState) -> torch.Tensor:
+    """Per layer, between-episode variance of the batch's states over their mean squared norm
+    (`episodes.between_episode_share` on a batched state). ``[num_layers]``."""
+    shares = []
+    for layer in state.layers:
+        x = layer.flatten(1)
+        variance = (x - x.mean(0)).pow(2).sum(1).mean()
+        shares.append(variance / x.pow(2).sum(1).mean().clamp_min(1e-12))
+    return torch.stack(shares)
+
+
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return F.log_softmax(logits / temperature, dim=-1)
+
+
+def batch_loss(
+    handle: DeltaMem,
+    tokenizer: object,
+    episodes: Sequence[Episode],
+    weights: ObjectiveWeights,
+    *,
+    router: SourceRouter | None = None,
+    system_prompt: str = MEMORY_SYSTEM_PROMPT,
+    truncated_writes: bool = True,
+    bf16: bool = False,
+) -> StepLoss:
+    """The loss of one batch (mean over episodes of each per-episode term)."""
+    histories = [e.history() for e in episodes]
+    questions = [e.question for e in episodes]
+    answers = [e.answer for e in episodes]
+    gates: list[torch.Tensor] = []
+    state = batched.write_histories(
+        handle,
+        tokenizer,
+        histories,
+        router=router,
+        system_prompt=system_prompt,
+        grad=True,
+        detach_inputs=truncated_writes,
+        gate_log=gates,
+        bf16=bf16,
+    )
+    reads = batched.question_batch(tokenizer, questions, answers, system_prompt)
+    logits = batched.scored_logits(handle, reads, state, bf16=bf16)
+    targets = reads.targets.to(logits.device)
+    nll_rows = batched.per_row_mean(F.cross_entropy(logits, targets, reduction="none"), reads)
+    nll = nll_rows.mean()
+    gate_mean = torch.stack(gates).mean() if gates else nll.new_zeros(())
+    loss = nll + weights.sparsity * gate_mean
+    out = StepLoss(loss, float(nll.detach()), float(gate_mean.detach()), 0)
+    tokens = int(reads.attention_mask.sum())
+
+    partners = swap_partners(episodes)
+    needs_partner = weights.margin_contrast > 0 or weights.contrast_target > 0
+    if needs_partner and len(episodes) > 1:
+        # the content target trains both states' write paths; the margin term only the right one
+        source = state if weights.contrast_target > 0 else state.detach()
+        swapped_logits = batched.scored_logits(
+            handle, reads, batched.permuted(source, partners), bf16=bf16
+        )
+        swapped_rows = batched.per_row_mean(
+            F.cross_entropy(swapped_logits, targets, reduction="none"), reads
+        )
+        gap = swapped_rows - nll_rows
+        out.swapped_minus_right = float(gap.detach().mean())
+        tokens += int(reads.attention_mask.sum())
+        if weights.margin_contrast > 0:
+            loss = loss + weights.margin_contrast * F.relu(weights.margin - gap).mean()
+
+    teacher = None
+    if weights.distill > 0 or weights.contrast_target > 0:
+        full = batched.history_batch(tokenizer, histories, questions, answers, system_prompt)
+        with torch.no_grad():
+            teacher = batched.scored_logits(handle, full, None, bf16=bf16)
+        tokens += int(full.attention_mask.sum())
+    if weights.distill > 0 and teacher is not None:
+        t = weights.temperature
+        kl = F.kl_div(
+            _log_probs(logits, t), _log_probs(teacher, t), log_target=True, reduction="none"
+        ).sum(-1)
+        kl = batched.per_row_mean(kl, reads).mean() * t * t
+        loss = loss + weights.distill * kl
+        out.distill_kl = float(kl.detach())
+    if weights.contrast_target > 0 and teacher is not None and len(episodes) > 1:
+        other = [histories[j] for j in partners]
+        partner_full = batched.history_batch(tokenizer, other, questions, answers, system_prompt)
+        with torch.no_grad():
+            teacher_partner = batched.scored_logits(handle, partner_full, None, bf16=bf16)
+        tokens += int(partner_full.attention_mask.sum())
+        error = _contrast_target_error(
+            logits, swapped_logits, teacher, teacher_partner, targets, weights.contrast_top_k
+        )
+        error = batched.per_row_mean(error, reads).mean()
+        loss = loss + weights.contrast_target * error
+        out.contrast_target_error = float(error.detach())
+
+    if weights.spread > 0 and len(episodes) > 1:
+        share = batch_share(state).mean()
+        loss = loss + weights.spread * (1 - share)
+        out.between_episode_share = float(share.detach())
+    out.loss = loss
+    out.tokens = tokens
+    return out
+
+
+def _contrast_target_error(
+    right: torch.Tensor,
+    swapped: torch.Tensor,
+    teacher_right: torch.Tensor,
+    teacher_partner: torch.Tensor,
+    targets: torch.Tensor,
+    top_k: int,
+) -> torch.Tensor:
+    """Per scored position, the mean squared error between the student's and the teacher's
+    log-probability differences (right − partner) over the teacher's top-k tokens and the
+    gold token. ``[N]``."""
+    tokens = teacher_right.topk(top_k, dim=-1).indices
+    tokens = torch.cat([tokens, targets[:, None]], dim=-1)  # [N, k + 1]
+
+    def diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (F.log_softmax(a, -1) - F.log_softmax(b, -1)).gather(-1, tokens)
+
+    target = diff(teacher_right, teacher_partner)
+    return (diff(right, swapped) - target).pow(2).mean(-1)
