@@ -23,6 +23,7 @@ from .naive import delta_rule_step, naive_delta_rule_scan
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "NAIVE_MAX_TOKENS",
     "UPDATE_MODES",
     "chunk_delta_rule_scan",
     "delta_rule_scan",
@@ -31,6 +32,11 @@ __all__ = [
     "read_state",
     "update_coefficients",
 ]
+
+
+NAIVE_MAX_TOKENS = 4
+"""Up to this many tokens (a decode step, a call's few segment writes) the step-by-step
+reference is cheaper than the chunked path's triangular solve."""
 
 
 def delta_rule_scan(
@@ -46,11 +52,12 @@ def delta_rule_scan(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the delta rule over ``T`` tokens; the chunked path unless ``impl="naive"``.
 
-    A single token goes straight to the one-step update (decoding), which is both paths at T=1.
+    A few tokens (decoding, segment writes) go through the step-by-step reference, which is
+    both paths for so short a scan and costs a few small matmuls instead of a solve.
     """
     if impl not in ("chunk", "naive"):
         raise ValueError(f"scan impl {impl!r}; expected 'chunk' or 'naive'")
-    if impl == "naive" or (q.dim() == 4 and q.shape[1] == 1):
+    if impl == "naive" or (q.dim() == 4 and q.shape[1] <= NAIVE_MAX_TOKENS):
         return naive_delta_rule_scan(q, k, v, beta, state, mode=mode, valid=valid)
     return chunk_delta_rule_scan(q, k, v, beta, state, mode=mode, valid=valid)
 

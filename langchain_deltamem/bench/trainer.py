@@ -1,0 +1,105 @@
+"""Trainer throughput, the per-episode reference loop against the batched path, side by side.
+
+``python -m langchain_deltamem.bench.trainer [--out FILE]``: one process builds a trainer per
+variant on the embedded backbone (a fresh SSW rank-16 adapter, 1-fact episodes) and runs their
+steps in turn (A, B, C, A, B, C, …), so a busy machine slows every variant alike; the table
+gives median seconds per step, episodes per second and the ratio to the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import DeltaMemConfig
+from ..training.trainer import TrainConfig, Trainer
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "reference loop (one episode at a time, fp32)": {"batched": False},
+    "batched, fp32": {"batched": True},
+    "batched, bf16 backbone": {"batched": True, "bf16": True},
+}
+
+
+def measure(*, steps: int, batch_size: int, distractors: tuple[int, int]) -> list[dict[str, Any]]:
+    """Median step time of each variant over ``steps`` interleaved steps (after one warm-up)."""
+    base = TrainConfig(
+        adapter=DeltaMemConfig(rank=16, write_granularity="segment"),
+        steps=10_000,
+        batch_size=batch_size,
+        lr=3e-3,
+        warmup_steps=1,
+        num_facts=(1,),
+        kinds=("facts",),
+        distractors=distractors,
+        value_types=("colour", "food"),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {
+            name: Trainer(base.model_copy(update=options), Path(tmp) / str(i))
+            for i, (name, options) in enumerate(VARIANTS.items())
+        }
+        times: dict[str, list[float]] = {name: [] for name in trainers}
+        for round_ in range(steps + 1):
+            for name, trainer in trainers.items():
+                record = trainer.train_step()
+                if round_:  # the first step of each warms caches and allocators
+                    times[name].append(record["seconds"])
+    reference = statistics.median(times[next(iter(VARIANTS))])
+    rows = []
+    for name, values in times.items():
+        median = statistics.median(values)
+        rows.append(
+            {
+                "variant": name,
+                "seconds_per_step": median,
+                "range": (min(values), max(values)),
+                "episodes_per_s": batch_size / median,
+                "speedup": reference / median,
+            }
+        )
+    return rows
+
+
+def to_markdown(
+    rows: list[dict[str, Any]], *, batch_size: int, distractors: tuple[int, int]
+) -> str:
+    lines = [
+        f"Batch of {batch_size} one-fact SSW episodes (distractor turns {distractors[0]}–"
+        f"{distractors[1]}), rank 16, answer cross-entropy, torch threads "
+        f"{torch.get_num_threads()}:",
+        "",
+        "| variant | s/step (median) | range | episodes/s | × reference |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['seconds_per_step']:.2f} | {r['range'][0]:.2f}–"
+            f"{r['range'][1]:.2f} | {r['episodes_per_s']:.2f} | {r['speedup']:.2f}× |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m langchain_deltamem.bench.trainer")
+    parser.add_argument("--out", help="also append the markdown table to this file")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--distractors", type=int, nargs=2, default=[0, 0], metavar=("LO", "HI"))
+    args = parser.parse_args(argv)
+    distractors = (args.distractors[0], args.distractors[1])
+    rows = measure(steps=args.steps, batch_size=args.batch_size, distractors=distractors)
+    table = to_markdown(rows, batch_size=args.batch_size, distractors=distractors)
+    print(table)
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
