@@ -55,6 +55,18 @@ class DeltaMemConfig(BaseModel):
         "segment",
         description="token = TSW (every token writes); segment = SSW (one write per segment).",
     )
+    centred_inputs: tuple[Literal["k", "v", "beta"], ...] = Field(
+        (),
+        description="Write projections whose input is centred first: the layer's mean "
+        "segment input (an adapter tensor, estimated on chat text) is subtracted, so what every "
+        "message shares is not written; reads (q) are never centred.",
+    )
+    segment_tokens: Literal["all", "content"] = Field(
+        "all",
+        description="all: a segment is every token its message adds to the prompt; content: "
+        "the role markers and other template tokens are left out of segment means and token "
+        "writes (they are the same in every message).",
+    )
     target_layers: tuple[int, ...] | None = Field(
         None, description="Decoder layer indices to wrap; None wraps every attention layer."
     )
@@ -76,6 +88,22 @@ class DeltaMemConfig(BaseModel):
         if len(set(heads)) != len(heads):
             raise ValueError(f"heads: duplicates in {list(heads)}")
         return tuple(h for h in _HEAD_ORDER if h in heads)
+
+    @field_validator("centred_inputs", mode="before")
+    @classmethod
+    def _canonical_centred(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        try:
+            items = tuple(value)
+        except TypeError as err:  # pydantic wraps ValueError only; TypeError would escape
+            raise ValueError(f"centred_inputs: expected names of k, v, beta ({err})") from err
+        unknown = [i for i in items if i not in ("k", "v", "beta")]
+        if unknown:
+            raise ValueError(f"centred_inputs: unknown projection(s) {unknown}; choose k, v, beta")
+        if len(set(items)) != len(items):
+            raise ValueError(f"centred_inputs: duplicates in {list(items)}")
+        return tuple(i for i in ("k", "v", "beta") if i in items)
 
     @field_validator("target_layers", mode="before")
     @classmethod
@@ -212,6 +240,11 @@ class DeltaMemConfig(BaseModel):
 
     def to_reference_dict(self) -> dict[str, Any]:
         """The reference's ``delta_mem_config.json`` body for this config (every field)."""
+        if self.centred_inputs or self.segment_tokens != "all":
+            raise ValueError(
+                "the reference format has no centred_inputs or segment_tokens; save this "
+                "adapter in the project's own format"
+            )
         modes = {ours: theirs for theirs, ours in _REFERENCE_MODES.items()}
         granularity = {ours: theirs for theirs, ours in _REFERENCE_GRANULARITY.items()}
         data = dict(_REFERENCE_DEFAULTS)

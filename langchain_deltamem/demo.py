@@ -52,7 +52,9 @@ def run(max_new_tokens: int = 24, seed: int = 0) -> dict[str, object]:
 
     state = handle.new_state()
     history = encode_segments(
-        tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}, *CONVERSATION]
+        tokenizer,
+        [{"role": "system", "content": SYSTEM_PROMPT}, *CONVERSATION],
+        content_only=handle.config.segment_tokens == "content",
     )
     with (
         torch.no_grad(),

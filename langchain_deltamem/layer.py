@@ -62,6 +62,9 @@ class DeltaMemLayer(nn.Module):
         for head in config.heads:
             weight = torch.empty(head_features[head], rows, **opts)
             self.register_parameter(f"delta_{head}_proj", nn.Parameter(weight))
+        if config.centred_inputs:  # μ: estimated on chat text, never trained
+            mean = torch.zeros(hidden_size, **opts)
+            self.input_mean = nn.Parameter(mean, requires_grad=False)
         self.reset_parameters()
 
     def reset_parameters(
@@ -111,13 +114,17 @@ class DeltaMemLayer(nn.Module):
         q = self._split_states(F.linear(h, self.memory_q_proj))
         return F.normalize(torch.tanh(q), dim=-1, eps=1e-6)
 
+    def _input_of(self, projection: str, h: torch.Tensor) -> torch.Tensor:
+        if projection in self.config.centred_inputs:
+            return h - self.input_mean
+        return h
+
     def write_inputs(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keys (normalised), values (raw) and per-row gates, each ``[B, T, H, r]``."""
-        k = F.normalize(
-            torch.tanh(self._split_states(F.linear(h, self.memory_k_proj))), dim=-1, eps=1e-6
-        )
-        v = self._split_states(F.linear(h, self.memory_v_proj))
-        beta = torch.sigmoid(F.linear(h, self.beta_proj, self.beta_bias))
+        k = F.linear(self._input_of("k", h), self.memory_k_proj)
+        k = F.normalize(torch.tanh(self._split_states(k)), dim=-1, eps=1e-6)
+        v = self._split_states(F.linear(self._input_of("v", h), self.memory_v_proj))
+        beta = torch.sigmoid(F.linear(self._input_of("beta", h), self.beta_proj, self.beta_bias))
         if self.config.rankwise_gates:
             beta = self._split_states(beta)
         else:  # one gate per state, shared by its r rows

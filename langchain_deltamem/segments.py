@@ -49,11 +49,16 @@ class EncodedSegments:
 def encode_segments(
     tokenizer: PreTrainedTokenizerBase,
     messages: Sequence[Mapping[str, str]],
+    *,
+    content_only: bool = False,
 ) -> EncodedSegments:
     """Render ``messages`` with the tokenizer's chat template, one segment per message.
 
     Put a system message first when the template would otherwise invent one (SmolLM2's does):
     its tokens are then marked ``-1`` instead of being charged to the first user message.
+    With ``content_only`` the tokens the template adds around a message's content (role
+    markers, end-of-turn tokens) are marked ``-1`` too: they are the same in every message, so
+    they would dominate its mean (the adapter's ``segment_tokens="content"``).
 
     Raises:
         ValueError: empty input, a message without ``role``/``content``, or a template whose
@@ -75,17 +80,40 @@ def encode_segments(
                 f"the chat template re-renders earlier messages when message {i} is added; "
                 "segment boundaries cannot be derived from it"
             )
-        piece = tokenizer(text[len(rendered) :], add_special_tokens=False)["input_ids"]
+        added = text[len(rendered) :]
         rendered = text
         if message["role"] == "system":
             segment = NO_SEGMENT
         else:
             segment = len(sources)
             sources.append(message["role"])
+        if content_only and segment != NO_SEGMENT:
+            piece, marks = _content_marks(tokenizer, added, message["content"], segment)
+        else:
+            piece = tokenizer(added, add_special_tokens=False)["input_ids"]
+            marks = [segment] * len(piece)
         ids.extend(piece)
-        segments.extend([segment] * len(piece))
+        segments.extend(marks)
     return EncodedSegments(
         torch.tensor([ids], dtype=torch.long),
         torch.tensor([segments], dtype=torch.long),
         tuple(sources),
     )
+
+
+def _content_marks(
+    tokenizer: PreTrainedTokenizerBase, added: str, content: str, segment: int
+) -> tuple[list[int], list[int]]:
+    """Ids of the text a message adds, and ``segment`` for the tokens of its content, ``-1``
+    for the template's tokens around it (found by character offsets)."""
+    encoded = tokenizer(added, add_special_tokens=False, return_offsets_mapping=True)
+    piece = list(encoded["input_ids"])
+    stripped = content.strip()
+    start = added.find(stripped) if stripped else -1
+    if start < 0:  # the template changed the content beyond recognition: keep every token
+        return piece, [segment] * len(piece)
+    end = start + len(stripped)
+    marks = [
+        segment if (a < end and b > start) else NO_SEGMENT for a, b in encoded["offset_mapping"]
+    ]
+    return piece, marks

@@ -132,7 +132,9 @@ def write_messages(
     written: list[WrittenSegment] = []
     for group in _group_for_context(tokenizer, system, pieces, max_forward_tokens):
         encoded = encode_segments(
-            tokenizer, [system, *({"role": m["role"], "content": m["content"]} for m in group)]
+            tokenizer,
+            [system, *({"role": m["role"], "content": m["content"]} for m in group)],
+            content_only=handle.config.segment_tokens == "content",
         )
         routes = [[router.state_for(m["source"])] for m in group]
         _forward_write(

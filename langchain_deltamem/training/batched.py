@@ -93,6 +93,7 @@ def write_histories(
             encode_segments(
                 tokenizer,  # type: ignore[arg-type]
                 [system, *({"role": m["role"], "content": m["content"]} for m in g)],
+                content_only=handle.config.segment_tokens == "content",
             )
             for g in groups
         ]

@@ -46,7 +46,8 @@ class ObjectiveWeights:
 
 @dataclass
 class StepLoss:
-    """The differentiable loss of a batch and the detached numbers logged with it."""
+    """The differentiable loss of a batch (``loss`` per episode, ``penalty`` on the batch's
+    states as a whole; the step minimises their sum) and the detached numbers logged."""
 
     loss: torch.Tensor
     answer_nll: float
@@ -56,6 +57,7 @@ class StepLoss:
     distill_kl: float | None = None
     contrast_target_error: float | None = None
     between_episode_share: float | None = None
+    penalty: torch.Tensor | float = 0.0
 
 
 def batch_share(state: MemoryState) -> torch.Tensor:
@@ -156,7 +158,7 @@ def batch_loss(
 
     if weights.spread > 0 and len(episodes) > 1:
         share = batch_share(state).mean()
-        loss = loss + weights.spread * (1 - share)
+        out.penalty = weights.spread * (1 - share)
         out.between_episode_share = float(share.detach())
     out.loss = loss
     out.tokens = tokens

@@ -96,6 +96,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="backpropagate the write pass through the backbone too (slower)",
     )
     parser.add_argument(
+        "--centre",
+        default="",
+        help="write projections whose input is centred, e.g. k,v (μ estimated on chat text)",
+    )
+    parser.add_argument(
+        "--segment-tokens",
+        choices=["all", "content"],
+        default="all",
+        help="content: role markers and template tokens are not part of segment means",
+    )
+    parser.add_argument(
+        "--update-mode",
+        choices=["standard", "gated", "plain"],
+        default=None,
+        help="plain = no forgetting",
+    )
+    parser.add_argument(
+        "--init",
+        choices=["default", "data"],
+        default="default",
+        help="data: value projections and o heads from the content directions of chats",
+    )
+    parser.add_argument("--init-episodes", type=int, default=256)
+    parser.add_argument(
         "--reference-loop",
         action="store_true",
         help="one episode at a time (the reference the batched path is tested against)",
@@ -139,7 +163,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "rank": args.rank,
         "heads": tuple(h.strip() for h in args.heads.split(",") if h.strip()),
     }
+    if args.centre:
+        adapter["centred_inputs"] = args.centre
+    adapter["segment_tokens"] = args.segment_tokens
     for option, field in (
+        ("update_mode", "update_mode"),
         ("alpha", "alpha"),
         ("output_init", "output_init"),
         ("output_init_scale", "output_init_scale"),
@@ -171,6 +199,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         train=args.train,
         truncated_writes=not args.full_write_grad,
         tool_states=parse_tool_states(args.tool_state),
+        init=args.init,
+        init_episodes=args.init_episodes,
         batched=not args.reference_loop,
         bf16=args.bf16,
         distill=args.distill,

@@ -39,6 +39,7 @@ from ..injection import attach
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
 from . import data as episode_data
 from .episodes import between_episode_share, episode_loss, preservation_kl, write_history
+from .init import estimate_means, init_content_directions, segment_inputs
 from .objectives import ObjectiveWeights, batch_loss
 from .probe import content_probe, probe_episodes
 
@@ -94,6 +95,11 @@ class TrainConfig(BaseModel):
     `episodes.preservation_kl`); keeps plain-text perplexity near the backbone's."""
     init_adapter: str | None = None
     """Start from this adapter directory instead of a fresh one."""
+    init: Literal["default", "data"] = "default"
+    """``data``: a new adapter's value projections and ``o`` heads start from the content
+    directions of training chats (`init.init_content_directions`; needs centred values)."""
+    init_episodes: int = Field(256, ge=8)
+    """Training chats used to estimate the centring means and the data-aware start."""
     batched: bool = True
     """Write and read the step's episodes in batched forwards (`objectives.batch_loss`);
     False runs the per-episode reference (`episodes.episode_loss`), kept for the benchmark."""
@@ -127,6 +133,8 @@ class TrainConfig(BaseModel):
 
 WRITE_PATH = ("memory_k_proj", "memory_v_proj", "beta_proj", "beta_bias")
 GATES = ("beta_proj", "beta_bias")
+FIXED = ("input_mean",)
+"""Adapter tensors that are estimated from data, never trained."""
 EXTENDABLE = ("steps", "probe_every")
 """Fields a run may change when it is resumed: more steps, another probe interval."""
 AUTOENCODE_QUESTION = "Repeat the first message I sent you, word for word."
@@ -142,6 +150,8 @@ def _trainable(handle: Any, which: str) -> list[tuple[str, torch.nn.Parameter]]:
     chosen = []
     for layer_id in handle.layer_ids:
         for name, parameter in handle.layers[layer_id].named_parameters():
+            if name in FIXED:
+                continue
             is_write = name in WRITE_PATH
             keep = which == "all" or (which == "write") == is_write
             parameter.requires_grad_(keep)
@@ -274,6 +284,9 @@ class Trainer:
             self.handle = load_adapter(model, config.init_adapter)
         else:
             self.handle = attach(model, config.adapter, seed=config.seed)
+            fresh = not (self.out / CHECKPOINT_DIR / "trainer.json").exists()
+            if fresh and (config.adapter.centred_inputs or config.init == "data"):
+                self._start_from_data()
         self.router = SourceRouter(self.handle.config.num_states, config.tool_states)
         self.params = trainable_parameters(self.handle, config.train)
         self.optimizer = make_optimizer(self.handle, config)
@@ -283,6 +296,30 @@ class Trainer:
         self.source = EpisodeSource(config)
         self.step = 0
         self._probe_set: list[episode_data.Episode] | None = None
+
+    def _start_from_data(self) -> None:
+        """Centring means (and with ``init="data"`` the content directions) from training
+        chats the steps never use (their own seed)."""
+        config = self.config
+        episodes = episode_data.generate_episodes(
+            config.init_episodes,
+            split="train",
+            seed=config.seed * 1_000_003 + 900_000_000,
+            num_facts=config.num_facts,
+            kinds=config.kinds,
+            distractors=config.distractors,
+            value_types=config.value_types,
+        )
+        inputs, contents = segment_inputs(
+            self.handle, self.tokenizer, episodes, system_prompt=config.system_prompt
+        )
+        if config.adapter.centred_inputs:
+            estimate_means(self.handle, inputs)
+        if config.init == "data":
+            explained = init_content_directions(
+                self.handle, self.tokenizer, episodes, inputs, contents
+            )
+            self.init_report = explained
 
     # --- the loop -------------------------------------------------------------------------
     @property
@@ -400,7 +437,7 @@ class Trainer:
             truncated_writes=config.truncated_writes,
             bf16=config.bf16,
         )
-        result.loss.backward()
+        (result.loss + result.penalty).backward()
         return {
             "loss": float(result.loss.detach()),
             "answer_nll": result.answer_nll,

@@ -1,0 +1,221 @@
+"""The batched training path against the per-episode reference, the teacher objectives, the
+write-path options (centring, content-only segments, data-aware start) and the self-probing,
+extendable run, on the real embedded SmolLM2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from langchain_deltamem.adapter_files import load_adapter, save_adapter
+from langchain_deltamem.backbones import load_backbone
+from langchain_deltamem.config import DeltaMemConfig
+from langchain_deltamem.engine import get_engine
+from langchain_deltamem.injection import attach
+from langchain_deltamem.segments import NO_SEGMENT, encode_segments
+from langchain_deltamem.training import batched
+from langchain_deltamem.training.data import generate_episodes
+from langchain_deltamem.training.episodes import answer_nll, write_history
+from langchain_deltamem.training.init import (
+    estimate_means,
+    init_content_directions,
+    segment_inputs,
+)
+from langchain_deltamem.training.objectives import ObjectiveWeights, batch_loss
+from langchain_deltamem.training.trainer import (
+    AUTOENCODE_QUESTION,
+    TrainConfig,
+    Trainer,
+    autoencoding,
+    make_optimizer,
+)
+from langchain_deltamem.writing import SourceRouter
+
+pytestmark = pytest.mark.slow
+
+
+def _episodes(n: int = 5, **overrides):
+    options = {
+        "split": "train",
+        "seed": 3,
+        "num_facts": (1, 2),
+        "kinds": ("facts", "agent"),
+        "distractors": (0, 1),
+    }
+    return generate_episodes(n, **{**options, **overrides})
+
+
+@pytest.mark.parametrize("adapter", ["fresh", "fresh-tsw", "fresh-msw"])
+def test_batched_writes_and_reads_equal_the_per_episode_reference(adapter: str) -> None:
+    """Histories of different lengths and numbers of write calls (tool results included)
+    give the same states and answer NLLs as one episode at a time."""
+    engine = get_engine(adapter=adapter)
+    handle, tokenizer = engine.handle, engine.tokenizer
+    router = SourceRouter(handle.config.num_states, {"weather": 1} if "msw" in adapter else {})
+    episodes = _episodes()
+    calls = {len([m for m in e.messages if m.role == "assistant"]) for e in episodes}
+    assert len(calls) > 1  # rows take part in different numbers of write calls
+    with torch.no_grad():
+        state = batched.write_histories(
+            handle, tokenizer, [e.history() for e in episodes], router=router
+        )
+        reads = batched.question_batch(
+            tokenizer, [e.question for e in episodes], [e.answer for e in episodes]
+        )
+        nlls = batched.answer_nlls(handle, reads, state)
+        for i, episode in enumerate(episodes):
+            alone = write_history(handle, tokenizer, episode.history(), router=router)
+            for a, b in zip(alone.layers, state.select(i).layers, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            assert torch.equal(alone.write_counts, state.write_counts[i : i + 1])
+            nll, _ = answer_nll(handle, tokenizer, alone, episode.question, episode.answer)
+            assert float(nlls[i]) == pytest.approx(float(nll), abs=1e-4)
+        # bf16 autocast: the same numbers up to bf16 rounding, the state still fp32
+        rough = batched.write_histories(
+            handle, tokenizer, [e.history() for e in episodes], router=router, bf16=True
+        )
+        assert all(t.dtype == torch.float32 for t in rough.layers)
+        rough_nlls = batched.answer_nlls(handle, reads, rough, bf16=True)
+        assert float((rough_nlls - nlls).abs().max()) < 0.2
+
+
+def test_teacher_objectives_add_their_terms_and_reach_the_write_path() -> None:
+    engine = get_engine()
+    handle, tokenizer = engine.handle, engine.tokenizer
+    episodes = _episodes(4, num_facts=(1,), kinds=("facts",), value_types=("colour",))
+    weights = ObjectiveWeights(distill=0.5, contrast_target=0.25)
+    for p in handle.parameters():
+        p.grad = None
+    result = batch_loss(handle, tokenizer, episodes, weights)
+    assert result.distill_kl is not None and result.distill_kl > 0
+    assert result.contrast_target_error is not None and result.contrast_target_error > 0
+    expected = result.answer_nll + 0.5 * result.distill_kl + 0.25 * result.contrast_target_error
+    assert float(result.loss.detach()) == pytest.approx(expected, rel=1e-4)
+    result.loss.backward()
+    layer = handle.layers[handle.layer_ids[0]]
+    for name in ("memory_k_proj", "memory_v_proj", "beta_proj", "memory_q_proj"):
+        grad = getattr(layer, name).grad
+        assert grad is not None and float(grad.abs().sum()) > 0, name
+    for p in handle.parameters():
+        p.grad = None
+    # without teacher terms nothing of the teacher is computed
+    plain = batch_loss(handle, tokenizer, episodes, ObjectiveWeights())
+    assert plain.distill_kl is None and plain.contrast_target_error is None
+    assert float(plain.loss) == pytest.approx(plain.answer_nll, rel=1e-6)
+
+
+def test_content_only_segments_leave_the_template_tokens_out() -> None:
+    engine = get_engine()
+    tokenizer = engine.tokenizer
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "My favourite colour is cool lime."},
+        {"role": "assistant", "content": "Okay, good to know."},
+    ]
+    whole = encode_segments(tokenizer, messages)
+    content = encode_segments(tokenizer, messages, content_only=True)
+    assert torch.equal(whole.input_ids, content.input_ids)  # same prompt, other segments
+    for segment, text in ((0, messages[1]["content"]), (1, messages[2]["content"])):
+        ids = content.input_ids[0][content.segment_ids[0] == segment]
+        assert tokenizer.decode(ids).strip() == text
+        assert int((whole.segment_ids[0] == segment).sum()) > len(ids)
+    markers = content.input_ids[0][
+        (content.segment_ids[0] == NO_SEGMENT) & (whole.segment_ids[0] >= 0)
+    ]
+    assert tokenizer.convert_tokens_to_ids("<|im_start|>") in markers.tolist()
+
+
+def test_centred_adapters_keep_their_means_in_the_adapter_file(tmp_path: Path) -> None:
+    model, tokenizer = load_backbone(None)
+    config = DeltaMemConfig(rank=4, centred_inputs=("v", "k"), segment_tokens="content")
+    assert config.centred_inputs == ("k", "v")
+    handle = attach(model, config, seed=0)
+    try:
+        episodes = _episodes(12, num_facts=(1,), kinds=("facts",), distractors=(0, 0))
+        inputs, contents = segment_inputs(handle, tokenizer, episodes)
+        estimate_means(handle, inputs)
+        layer = handle.layers[handle.layer_ids[3]]
+        assert float(layer.input_mean.norm()) > 0
+        explained = init_content_directions(handle, tokenizer, episodes, inputs, contents)
+        assert len(explained) == len(handle.layer_ids)
+        # the value of a message is a code of its centred input: the mean message writes 0
+        mean = layer.input_mean[None, None]
+        _, v, _ = layer.write_inputs(mean)
+        assert float(v.abs().max()) < 1e-5
+        save_adapter(handle, tmp_path / "adapter")
+        with pytest.raises(ValueError, match="reference format"):
+            save_adapter(handle, tmp_path / "reference", format="reference")
+        saved = {k: v.clone() for k, v in handle.adapter_state_dict().items()}
+    finally:
+        handle.detach()
+    again = load_adapter(model, tmp_path / "adapter")
+    try:
+        assert again.config == config
+        for name, tensor in again.adapter_state_dict().items():
+            assert torch.equal(tensor, saved[name]), name
+        assert not again.layers[again.layer_ids[0]].input_mean.requires_grad
+    finally:
+        again.detach()
+    with pytest.raises(ValueError, match="centred_inputs"):
+        DeltaMemConfig(centred_inputs=("q",))
+
+
+def test_runs_probe_themselves_and_can_be_extended(tmp_path: Path) -> None:
+    config = TrainConfig(
+        adapter=DeltaMemConfig(rank=4, centred_inputs=("k", "v")),
+        init="data",
+        init_episodes=16,
+        steps=2,
+        batch_size=4,
+        warmup_steps=1,
+        schedule="constant",
+        num_facts=(1,),
+        kinds=("facts",),
+        value_types=("colour", "food"),
+        distractors=(0, 0),
+        bf16=True,
+        autoencode=0.25,
+        gate_lr=1e-2,
+        probe_every=2,
+        probe_n=8,
+    )
+    out = tmp_path / "run"
+    trainer = Trainer(config, out)
+    try:
+        assert len(make_optimizer(trainer.handle, config).param_groups) == 2
+        trainer.run(progress=False)
+    finally:
+        trainer.handle.detach()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    probes = [r["probe"] for r in rows if "probe" in r]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert len(probes) == 1 and probes[0]["n"] == 8
+    gap = probes[0]["swapped_minus_right"]
+    assert gap["low"] <= gap["estimate"] <= gap["high"]
+    assert (out / "adapter").is_dir() and (out / "loss.png").exists()
+    # a finished run takes more steps under the same directory ...
+    longer = Trainer(config.model_copy(update={"steps": 3}), out)
+    try:
+        longer.run(progress=False)
+        assert longer.step == 3
+    finally:
+        longer.handle.detach()
+    assert json.loads((out / "train_config.json").read_text())["steps"] == 3
+    # ... but not another recipe
+    other = Trainer(config.model_copy(update={"steps": 4, "lr": 1.0}), out)
+    try:
+        with pytest.raises(ValueError, match="lr differ"):
+            other.run(progress=False)
+    finally:
+        other.handle.detach()
+
+
+def test_autoencoding_asks_for_the_stored_message_back() -> None:
+    episode = _episodes(1, num_facts=(1,), kinds=("facts",), distractors=(0, 0))[0]
+    copy = autoencoding(episode)
+    assert copy.question == AUTOENCODE_QUESTION
+    assert copy.answer == next(m.content for m in episode.messages if m.role == "user")
+    assert copy.messages == episode.messages
