@@ -219,3 +219,66 @@ def test_autoencoding_asks_for_the_stored_message_back() -> None:
     assert copy.question == AUTOENCODE_QUESTION
     assert copy.answer == next(m.content for m in episode.messages if m.role == "user")
     assert copy.messages == episode.messages
+
+
+def test_attention_transfer_targets_are_what_attention_took_from_the_history() -> None:
+    from langchain_deltamem.training import transfer
+
+    engine = get_engine()
+    handle, tokenizer, model = engine.handle, engine.tokenizer, engine.handle.model
+    episodes = _episodes(3, num_facts=(1,), kinds=("facts",))
+    histories = [e.history() for e in episodes]
+    questions, answers = [e.question for e in episodes], [e.answer for e in episodes]
+    full = batched.history_batch(tokenizer, histories, questions, answers)
+    spans = batched.history_spans(tokenizer, histories)
+    history = transfer.history_mask(spans, full.input_ids.shape[1])
+    rows, cols = full.positions[:, 0], full.positions[:, 1]
+    # the real attention outputs (o_proj outputs) at the scored positions, by a hook
+    layer_id = handle.layer_ids[5]
+    attention = model.get_submodule(handle.paths[layer_id])
+    seen = []
+    hook = attention.o_proj.register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        logits, targets = transfer.teacher_targets(handle, full, history)
+    finally:
+        hook.remove()
+    assert len(targets) == len(handle.layer_ids) and logits.shape[0] == len(rows)
+    h, _ = targets[layer_id].inputs, targets[layer_id].target
+    assert h.shape == (len(rows), model.config.hidden_size)
+    # the history is not empty and the prompt-only attention differs from the full one
+    assert all(end > start for start, end in spans)
+    assert float(targets[layer_id].target.norm()) > 0
+    # without a history span the target vanishes (full = prompt-only attention)
+    _, none = transfer.teacher_targets(handle, full, torch.zeros_like(history))
+    assert float(none[layer_id].target.abs().max()) < 1e-4
+    # the hand-computed full attention is the model's own: check it through o_proj
+    rope_seen = {}
+    hook = attention.register_forward_pre_hook(
+        lambda m, a, k: rope_seen.update(h=k["hidden_states"], rope=k["position_embeddings"]),
+        with_kwargs=True,
+    )
+    try:
+        with torch.no_grad():
+            model.get_decoder()(full.input_ids, attention_mask=full.attention_mask)
+    finally:
+        hook.remove()
+    mask = full.attention_mask.bool()
+    manual, _ = transfer._history_split_attention(
+        attention, rope_seen["h"].float(), rope_seen["rope"], full, mask, history
+    )
+    real = seen[0][rows, cols]
+    torch.testing.assert_close(
+        torch.nn.functional.linear(manual, attention.o_proj.weight), real, rtol=1e-3, atol=1e-3
+    )
+    # the loss reaches the write path through the state (no backward through the backbone)
+    for p in handle.parameters():
+        p.grad = None
+    state = batched.write_histories(handle, tokenizer, histories, grad=True, detach_inputs=True)
+    loss = transfer.transfer_loss(handle, state, targets, full.row_of)
+    loss.backward()
+    layer = handle.layers[layer_id]
+    assert float(loss.detach()) > 0
+    for name in ("memory_v_proj", "memory_q_proj", "delta_o_proj"):
+        assert float(getattr(layer, name).grad.abs().sum()) > 0, name
+    for p in handle.parameters():
+        p.grad = None

@@ -223,6 +223,20 @@ def history_batch(
     return score_batch(tokenizer, prompts, [answer_ids(tokenizer, a) for a in answers])
 
 
+def history_spans(
+    tokenizer: object, histories: Sequence[Messages], system_prompt: str = MEMORY_SYSTEM_PROMPT
+) -> list[tuple[int, int]]:
+    """Where each history sits in its `history_batch` row: ``(first, end)`` token indices."""
+
+    def length(messages: list[BaseMessage]) -> int:
+        text = render_prompt(tokenizer, messages, add_generation_prompt=False)
+        return len(tokenizer(text, add_special_tokens=False).input_ids)  # type: ignore[operator]
+
+    system = [SystemMessage(system_prompt)]
+    start = length(system)
+    return [(start, length([*system, *prompt_messages(h)])) for h in histories]
+
+
 def prompt_messages(history: Messages) -> list[BaseMessage]:
     """A written history as prompt messages (tool results quoted in a user turn, as rendered
     for backbones without a tool role)."""

@@ -7,6 +7,8 @@
   episode's history and a same-type partner's, at its top tokens, is what the student's
   difference between the right and the partner's state must match; the shared part of the
   targets (format, prior), which dominates the plain losses, cancels;
+* **attention transfer** (`transfer`): at every adapted layer, the memory's ``o`` correction
+  regresses what the teacher's attention took from the history;
 * **margin contrast** (older): the answer must be ``margin`` nats less likely with the
   partner's state;
 * the write-gate sparsity and the spread penalty (`episodes.between_episode_share`).
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from ..injection import DeltaMem
 from ..state import MemoryState
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
-from . import batched
+from . import batched, transfer
 from .data import Episode, swap_partners
 
 
@@ -41,6 +43,7 @@ class ObjectiveWeights:
     temperature: float = 1.0
     contrast_target: float = 0.0
     contrast_top_k: int = 20
+    attention_transfer: float = 0.0
     spread: float = 0.0
 
 
@@ -56,6 +59,7 @@ class StepLoss:
     swapped_minus_right: float | None = None
     distill_kl: float | None = None
     contrast_target_error: float | None = None
+    transfer_error: float | None = None
     between_episode_share: float | None = None
     penalty: torch.Tensor | float = 0.0
 
@@ -130,11 +134,19 @@ def batch_loss(
             loss = loss + weights.margin_contrast * F.relu(weights.margin - gap).mean()
 
     teacher = None
-    if weights.distill > 0 or weights.contrast_target > 0:
+    if weights.distill > 0 or weights.contrast_target > 0 or weights.attention_transfer > 0:
         full = batched.history_batch(tokenizer, histories, questions, answers, system_prompt)
-        with torch.no_grad():
-            teacher = batched.scored_logits(handle, full, None, bf16=bf16)
         tokens += int(full.attention_mask.sum())
+        if weights.attention_transfer > 0:
+            spans = batched.history_spans(tokenizer, histories, system_prompt)
+            history = transfer.history_mask(spans, full.input_ids.shape[1])
+            teacher, targets = transfer.teacher_targets(handle, full, history, bf16=bf16)
+            error = transfer.transfer_loss(handle, state, targets, full.row_of)
+            loss = loss + weights.attention_transfer * error
+            out.transfer_error = float(error.detach())
+        else:
+            with torch.no_grad():
+                teacher = batched.scored_logits(handle, full, None, bf16=bf16)
     if weights.distill > 0 and teacher is not None:
         t = weights.temperature
         kl = F.kl_div(

@@ -141,6 +141,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="weight of the content-contrast target (right − partner, student vs teacher)",
     )
     parser.add_argument(
+        "--attention-transfer",
+        type=float,
+        default=0.0,
+        help="weight of per-layer attention transfer (o correction ≈ what attention took "
+        "from the history)",
+    )
+    parser.add_argument(
         "--autoencode",
         type=float,
         default=0.0,
@@ -206,6 +213,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         distill=args.distill,
         distill_temperature=args.distill_temperature,
         contrast_target=args.contrast_target,
+        attention_transfer=args.attention_transfer,
         autoencode=args.autoencode,
         gate_lr=args.gate_lr,
         schedule=args.schedule,

@@ -113,6 +113,9 @@ class TrainConfig(BaseModel):
     """Weight of the content-contrast target (`objectives`): the student's log-probability
     difference between the right and a same-type partner's state must match the teacher's
     difference between the two histories."""
+    attention_transfer: float = Field(0.0, ge=0)
+    """Weight of per-layer attention transfer (`transfer`): each layer's ``o`` correction
+    regresses what the teacher's attention took from the history (relative squared error)."""
     autoencode: float = Field(0.0, ge=0, le=1)
     """Fraction of each batch turned into autoencoding chats: the question asks for the
     first stored message back, word for word, from memory alone."""
@@ -425,6 +428,7 @@ class Trainer:
             distill=config.distill,
             temperature=config.distill_temperature,
             contrast_target=config.contrast_target,
+            attention_transfer=config.attention_transfer,
             spread=config.spread,
         )
         result = batch_loss(
@@ -446,14 +450,18 @@ class Trainer:
             "swapped_minus_right": result.swapped_minus_right,
             "distill_kl": result.distill_kl,
             "contrast_target_error": result.contrast_target_error,
+            "transfer_error": result.transfer_error,
             "tokens": result.tokens,
         }
 
     def _reference_losses(self, episodes: list[episode_data.Episode]) -> dict[str, Any]:
         """The batch one episode at a time (`episodes.episode_loss`), backward included."""
         config = self.config
-        if config.distill or config.contrast_target:
-            raise ValueError("distill and contrast_target need the batched path (batched=True)")
+        if config.distill or config.contrast_target or config.attention_transfer:
+            raise ValueError(
+                "distill, contrast_target and attention_transfer need the batched path "
+                "(batched=True)"
+            )
         losses, nlls, gates, tokens = [], [], [], 0
         swapped_nlls: list[float] = []
         partners = episode_data.swap_partners(episodes)
