@@ -282,3 +282,25 @@ def test_attention_transfer_targets_are_what_attention_took_from_the_history() -
         assert float(getattr(layer, name).grad.abs().sum()) > 0, name
     for p in handle.parameters():
         p.grad = None
+
+
+def test_batched_greedy_replies_equal_the_chat_models_decode_loop() -> None:
+    from langchain_deltamem.evaluation.recall import RecallEvaluator
+    from langchain_deltamem.training.episodes import question_ids
+
+    engine = get_engine()
+    evaluator = RecallEvaluator(engine, max_new_tokens=8)
+    episodes = _episodes(3, num_facts=(1,), kinds=("facts",), distractors=(0, 1))
+    with torch.no_grad():
+        state = batched.write_histories(
+            engine.handle, engine.tokenizer, [e.history() for e in episodes]
+        )
+    prompts = [question_ids(engine.tokenizer, e.question)[0] for e in episodes]
+    assert len({p.numel() for p in prompts}) > 1  # left padding is exercised
+    replies = batched.greedy_replies(
+        engine.handle, engine.tokenizer, prompts, state, max_new_tokens=8
+    )
+    bare = batched.greedy_replies(engine.handle, engine.tokenizer, prompts, None, max_new_tokens=8)
+    for i, episode in enumerate(episodes):
+        assert replies[i] == evaluator.answer(episode.question, state.select(i)).strip()
+        assert bare[i] == evaluator.answer(episode.question, None).strip()

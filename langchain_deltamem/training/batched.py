@@ -298,3 +298,46 @@ def answer_nlls(
 def permuted(state: MemoryState, order: Sequence[int]) -> MemoryState:
     """The rows of ``state`` in ``order`` (differentiable; e.g. swapped partners' states)."""
     return _rows_of(state, list(order))
+
+
+# --- greedy replies -------------------------------------------------------------------------
+@torch.no_grad()
+def greedy_replies(
+    handle: DeltaMem,
+    tokenizer: object,
+    prompts: Sequence[torch.Tensor],
+    state: MemoryState | None,
+    *,
+    max_new_tokens: int = 16,
+    bf16: bool = False,
+) -> list[str]:
+    """Greedy replies to left-padded prompts in one batched generation, reading ``state``
+    (None = the bare backbone). Padding is masked, so a padded row reads and attends like an
+    unpadded one (the probe's accuracy; the chat model decodes with its own loop)."""
+    device = handle.layers[handle.layer_ids[0]].memory_q_proj.device
+    width = max(int(p.numel()) for p in prompts)
+    pad = int(getattr(tokenizer, "pad_token_id", None) or 0)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, prompt in enumerate(prompts):
+        ids[i, width - prompt.numel() :] = prompt
+        mask[i, width - prompt.numel() :] = 1
+    memory = (
+        handle.memory(state, track_corrections=False)
+        if state is not None
+        else contextlib.nullcontext()
+    )
+    eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
+    with memory, backbone_precision(bf16):
+        out = handle.model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )
+    return [
+        tokenizer.decode(row[width:], skip_special_tokens=True).strip()  # type: ignore[attr-defined]
+        for row in out
+    ]

@@ -15,10 +15,13 @@ from typing import Any
 import torch
 
 from ..evaluation.bootstrap import paired_difference
+from ..evaluation.recall import is_correct
 from ..injection import DeltaMem
+from ..state import MemoryState
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
 from . import batched
 from .data import Episode, generate_episodes, swap_partners
+from .episodes import question_ids
 
 PROBE_SEED = 1234
 
@@ -46,8 +49,10 @@ def content_probe(
     batch_size: int = 50,
     bf16: bool = False,
     seed: int = 0,
+    greedy: bool = False,
 ) -> dict[str, Any]:
-    """NLL right / swapped / zero per episode and the paired intervals (positive = content)."""
+    """NLL right / swapped / zero per episode and the paired intervals (positive = content);
+    with ``greedy`` also the greedy accuracy right / swapped (`greedy_accuracy`)."""
     partners = swap_partners(episodes)
     right: list[float] = []
     swapped: list[float] = []
@@ -83,7 +88,13 @@ def content_probe(
             zero += batched.answer_nlls(handle, reads, empty, bf16=bf16).tolist()
     gap = paired_difference(swapped, right, seed=seed)
     zero_gap = paired_difference(zero, right, seed=seed)
+    accuracy = None
+    if greedy:
+        accuracy = greedy_accuracy(
+            handle, tokenizer, episodes, every, partners, system_prompt, batch_size, bf16, seed
+        )
     return {
+        "accuracy": accuracy,
         "n": len(episodes),
         "nll_right": sum(right) / len(right),
         "nll_swapped": sum(swapped) / len(swapped),
@@ -91,3 +102,70 @@ def content_probe(
         "swapped_minus_right": gap.__dict__,
         "zero_minus_right": zero_gap.__dict__,
     }
+
+
+def greedy_accuracy(
+    handle: DeltaMem,
+    tokenizer: object,
+    episodes: Sequence[Episode],
+    states: MemoryState,
+    partners: Sequence[int],
+    system_prompt: str,
+    batch_size: int,
+    bf16: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """Greedy accuracy with the right and the swapped state (16 new tokens), and the paired
+    interval of right − swapped. The empty state gives the bare backbone's logits exactly, so
+    the question-only and full-history controls do not depend on the adapter: `controls`."""
+    correct: dict[str, list[float]] = {"right": [], "swapped": []}
+    for start in range(0, len(episodes), batch_size):
+        rows = list(range(start, min(start + batch_size, len(episodes))))
+        prompts = [question_ids(tokenizer, episodes[i].question, system_prompt)[0] for i in rows]
+        for name, order in (("right", rows), ("swapped", [partners[i] for i in rows])):
+            replies = batched.greedy_replies(
+                handle, tokenizer, prompts, batched.permuted(states, order), bf16=bf16
+            )
+            correct[name] += [
+                float(is_correct(r, episodes[i].answer)) for r, i in zip(replies, rows, strict=True)
+            ]
+    n = len(episodes)
+    return {
+        "right": sum(correct["right"]) / n,
+        "swapped": sum(correct["swapped"]) / n,
+        "right_minus_swapped": paired_difference(
+            correct["right"], correct["swapped"], seed=seed
+        ).__dict__,
+    }
+
+
+def controls(
+    handle: DeltaMem,
+    tokenizer: object,
+    episodes: Sequence[Episode],
+    *,
+    system_prompt: str = MEMORY_SYSTEM_PROMPT,
+    batch_size: int = 50,
+    bf16: bool = False,
+) -> dict[str, float]:
+    """Greedy accuracy of the bare backbone: the question alone (= an empty state) and the
+    whole history in the prompt (the ceiling)."""
+    hits = {"question_only": 0.0, "full_history": 0.0}
+    for start in range(0, len(episodes), batch_size):
+        chunk = list(episodes[start : start + batch_size])
+        alone = [question_ids(tokenizer, e.question, system_prompt)[0] for e in chunk]
+        full = batched.history_batch(
+            tokenizer,
+            [e.history() for e in chunk],
+            [e.question for e in chunk],
+            [e.answer for e in chunk],
+            system_prompt,
+        )
+        with_history = [
+            full.input_ids[b, : int(full.positions[full.row_of == b][0, 1]) + 1]
+            for b in range(len(chunk))
+        ]
+        for name, prompts in (("question_only", alone), ("full_history", with_history)):
+            replies = batched.greedy_replies(handle, tokenizer, prompts, None, bf16=bf16)
+            hits[name] += sum(is_correct(r, e.answer) for r, e in zip(replies, chunk, strict=True))
+    return {name: value / len(episodes) for name, value in hits.items()}

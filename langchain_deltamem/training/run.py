@@ -159,6 +159,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--probe-every", type=int, default=0, help="held-out content probe every K steps"
     )
     parser.add_argument("--probe-n", type=int, default=200)
+    parser.add_argument(
+        "--probe-nll-only", action="store_true", help="the probe skips greedy decoding"
+    )
     parser.add_argument("--probe-value-types", nargs="+", default=["colour", "food"])
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -219,6 +222,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         schedule=args.schedule,
         probe_every=args.probe_every,
         probe_n=args.probe_n,
+        probe_greedy=not args.probe_nll_only,
         probe_value_types=tuple(args.probe_value_types) if args.probe_value_types else None,
     )
 

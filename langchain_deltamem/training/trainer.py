@@ -41,7 +41,7 @@ from . import data as episode_data
 from .episodes import between_episode_share, episode_loss, preservation_kl, write_history
 from .init import estimate_means, init_content_directions, segment_inputs
 from .objectives import ObjectiveWeights, batch_loss
-from .probe import content_probe, probe_episodes
+from .probe import content_probe, controls, probe_episodes
 
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
@@ -127,6 +127,8 @@ class TrainConfig(BaseModel):
     """Every K steps, the held-out content probe (`probe`) goes into metrics.jsonl; 0 = off."""
     probe_n: int = Field(200, ge=2)
     probe_value_types: tuple[str, ...] | None = ("colour", "food")
+    probe_greedy: bool = True
+    """The probe also decodes greedily with the right and the swapped state (accuracy)."""
     train: Literal["all", "write", "read"] = "all"
     """Which parameters learn: ``write`` = the write path (key/value projections and gates),
     ``read`` = the read path (query projection and correction heads); the rest stay fixed.
@@ -299,6 +301,7 @@ class Trainer:
         self.source = EpisodeSource(config)
         self.step = 0
         self._probe_set: list[episode_data.Episode] | None = None
+        self._controls: dict[str, float] | None = None
 
     def _start_from_data(self) -> None:
         """Centring means (and with ``init="data"`` the content directions) from training
@@ -509,14 +512,26 @@ class Trainer:
         """The held-out content probe (`probe.content_probe`) on the current adapter."""
         if self._probe_set is None:
             self._probe_set = probe_episodes(self.config.probe_n, self.config.probe_value_types)
-        return content_probe(
+        result = content_probe(
             self.handle,
             self.tokenizer,
             self._probe_set,
             router=self.router,
             system_prompt=self.config.system_prompt,
             bf16=self.config.bf16,
+            greedy=self.config.probe_greedy,
         )
+        if self.config.probe_greedy:
+            if self._controls is None:  # the bare backbone's: the same at every probe
+                self._controls = controls(
+                    self.handle,
+                    self.tokenizer,
+                    self._probe_set,
+                    system_prompt=self.config.system_prompt,
+                    bf16=self.config.bf16,
+                )
+            result["controls"] = self._controls
+        return result
 
     def _memory_of(self, history: list[dict[str, str]], *, grad: bool = False) -> Any:
         """A state written from ``history`` the way the chat model writes it; ``grad`` keeps
