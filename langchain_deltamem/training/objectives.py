@@ -140,8 +140,8 @@ def batch_loss(
         if weights.attention_transfer > 0:
             spans = batched.history_spans(tokenizer, histories, system_prompt)
             history = transfer.history_mask(spans, full.input_ids.shape[1])
-            teacher, targets = transfer.teacher_targets(handle, full, history, bf16=bf16)
-            error = transfer.transfer_loss(handle, state, targets, full.row_of)
+            teacher, layer_targets = transfer.teacher_targets(handle, full, history, bf16=bf16)
+            error = transfer.transfer_loss(handle, state, layer_targets, full.row_of)
             loss = loss + weights.attention_transfer * error
             out.transfer_error = float(error.detach())
         else:
