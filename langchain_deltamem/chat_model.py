@@ -3,7 +3,8 @@
 Input → output flow of one turn (``invoke``/``stream``/``batch`` and their async forms):
 
 1. The run's memory scope is resolved: ``scope`` if set, else the run config's ``thread_id``,
-   else ``"default"``.
+   else ``default_scope`` if the model was built with one; else the call is refused
+   (`MissingScopeError`): no call silently shares one memory with every other.
 2. The prompt holds the system message and only the last ``window`` messages (the turn
    policy); older messages reach the model through memory alone, so a turn costs the same at
    message 500 as at message 5. A prompt that still overflows the context is trimmed from the
@@ -99,7 +100,9 @@ class ChatDeltaMem(BaseChatModel):
     window: int = Field(6, ge=1)
     """Messages (besides the system message) kept in the prompt; the rest lives in memory."""
     scope: str | None = None
-    """Memory scope for every call; None = the run config's thread_id, else "default"."""
+    """Memory scope for every call; None = the run config's thread_id."""
+    default_scope: str | None = None
+    """Scope of a call without ``scope`` or thread_id; None refuses such calls."""
     system_prompt: str | None = None
     """System message used when the input has none (None = the chat template's default)."""
     write_memory: bool = True
@@ -176,16 +179,18 @@ class ChatDeltaMem(BaseChatModel):
 
     def _with_scope(self, config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """``kwargs`` plus ``memory_scope``: a per-call scope wins, then ``self.scope``, then
-        the run's ``thread_id`` (from ``config`` or the surrounding runnable), else default."""
+        the run's ``thread_id`` (from ``config`` or the surrounding runnable), then
+        ``default_scope``."""
         explicit = kwargs.get("memory_scope")
         scope = explicit if explicit is not None else self.scope
-        return {**kwargs, "memory_scope": DeltaMemory.scope_of(ensure_config(config), scope)}
+        name = DeltaMemory.scope_of(ensure_config(config), scope, self.default_scope)
+        return {**kwargs, "memory_scope": name}
 
     def _scope_for_call(self, kwargs: dict[str, Any]) -> str:
         """The scope of a call that did not come through invoke/stream (e.g. ``generate``)."""
         explicit = kwargs.get("memory_scope")
         scope = explicit if explicit is not None else self.scope
-        return DeltaMemory.scope_of(ensure_config(), scope)
+        return DeltaMemory.scope_of(ensure_config(), scope, self.default_scope)
 
     # --- tools --------------------------------------------------------------------------
     def bind_tools(
