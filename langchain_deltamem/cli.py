@@ -46,6 +46,14 @@ def main(argv: list[str] | None = None) -> None:
         which_eval.add_parser("perplexity", help="plain-text perplexity with an unrelated memory")
     )
     args = parser.parse_args(argv)
+    needs = {"train": "train", "eval": "eval", "bench": "bench"}.get(args.command)
+    if needs is not None:
+        from .extras import MissingExtraError, require
+
+        try:
+            require(needs, f"deltamem {args.command}")
+        except MissingExtraError as err:
+            parser.exit(2, f"deltamem: {err}\n")
     if args.command == "demo":
         from . import demo as demo_module
 
