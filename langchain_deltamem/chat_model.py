@@ -294,6 +294,11 @@ class ChatDeltaMem(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         if not messages:
             raise ValueError("ChatDeltaMem needs at least one message")
+        if kwargs.get("model") is not None:  # one loaded engine per model: no per-call switch
+            raise ValueError(
+                f"ChatDeltaMem cannot switch to model={kwargs['model']!r} per call (its weights "
+                "are loaded once); build another ChatDeltaMem(backbone=...) for it"
+            )
         # fail before any work on unknown roles, non-text blocks or oversized messages
         converted = [message_to_dict(message) for message in messages]
         engine = self.engine

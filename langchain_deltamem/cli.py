@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
 
     chat_cli.add_arguments(chat)
     bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios")
-    bench.add_argument("which", choices=["core", "turns", "cost"])
+    bench.add_argument("which", choices=["core", "turns", "cost", "grammar"])
     bench.add_argument("--out")
     bench.add_argument(
         "--repeats", type=int, default=None, help="default: 5 (core), 3 (turns, cost)"
@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         from .bench.__main__ import run_cost
 
         run_cost(args)
+    elif args.command == "bench" and args.which == "grammar":
+        from .bench import grammar
+
+        grammar.main(out=args.out, repeats=args.repeats or 5)
     elif args.command == "bench" and args.which == "turns":
         from .bench import turns
 

@@ -13,7 +13,7 @@ import importlib.util
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("matplotlib", "accelerate"),  # loss plots; multi-process training
     "eval": ("nltk",),  # LoCoMo's Porter stemmer
-    "bench": ("matplotlib",),  # the benchmarks' plots
+    "bench": ("matplotlib", "llguidance"),  # plots; the grammar engine comparison
     "sqlite": ("langgraph.store.sqlite", "langgraph.checkpoint.sqlite"),
     "postgres": ("psycopg", "psycopg_pool", "langgraph.store.postgres"),
 }
