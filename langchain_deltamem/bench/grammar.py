@@ -332,12 +332,37 @@ def report(result: dict[str, Any], repeats: int) -> str:
         "tokenization of forced text). *Closed in budget*: decoding with max_tokens = the "
         "shortest valid output + 4, does the output parse as JSON?",
         "",
-        "Decoded texts (hand-written engine):",
+        *_decision(rows),
+        "",
+        "Decoded texts (both engines allow them):",
         "",
         *[f"* {r['case']}: `{r['text']}`" for r in rows],
         "",
     ]
     return "\n".join(lines)
+
+
+def _decision(rows: list[dict[str, Any]]) -> list[str]:
+    """The project's rule: adopt the maintained engine only if it passes the constraint tests
+    (here: its output closes within the token budget, which they require) and is faster."""
+    faster = all(r["ratio"] < 1 for r in rows)
+    closes = all(r["llguidance_closed"] for r in rows)
+    overhead = max(r["llguidance_ms"] / r["model_ms"] for r in rows)
+    saved = max((r["hand_ms"] - r["llguidance_ms"]) / r["model_ms"] for r in rows)
+    verdict = "adopt llguidance" if faster and closes else "keep the hand-written engine"
+    return [
+        f"**Decision: {verdict}.** Faster per token in every case: {'yes' if faster else 'no'}; "
+        f"closes every case within the budget: {'yes' if closes else 'no'}. Masking is at most "
+        f"{overhead:.1%} of a model step with llguidance and saves at most {saved:.1%} of one.",
+        "",
+        "Why the budget decides: `JsonSchemaConstraint` allows a token only if the shortest "
+        "completion after it still fits in `max_tokens` (its cost model counts the characters "
+        "left), so a forced call is always complete; `tests/test_tool_calling.py` checks that. "
+        "llguidance has no notion of a token budget: a string the model runs on is cut off "
+        "unparsable. It also needs a fast Hugging Face tokenizer (the constraint tests use a "
+        "small stand-in tokenizer), and it admits only the canonical tokenization of forced "
+        "text (the hand-written engine admits any token that continues it).",
+    ]
 
 
 def main(out: str | None = None, repeats: int = 5) -> None:
