@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -26,11 +27,22 @@ HOW_TO_START = (
 )
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str, *, module_level: bool = False) -> NoReturn:
     message = f"PostgreSQL tests need a server at {ADMIN_URL} ({reason}): {HOW_TO_START}"
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    pytest.skip(message, allow_module_level=module_level)
+
+
+def import_postgres() -> Any:
+    """psycopg, or (at module level) a skip here and a failure in CI without the extra."""
+    try:
+        import langgraph.checkpoint.postgres
+        import langgraph.store.postgres  # noqa: F401
+        import psycopg
+    except ImportError as err:
+        _unavailable(f"{err}; pip install 'langchain-deltamem[postgres]'", module_level=True)
+    return psycopg
 
 
 def database_url(admin_url: str, name: str) -> str:
@@ -44,10 +56,7 @@ def database_url(admin_url: str, name: str) -> str:
 @contextmanager
 def temporary_database(prefix: str = "deltamem_test") -> Iterator[str]:
     """A new empty database; yields its URL and drops it (and its connections) afterwards."""
-    try:
-        import psycopg
-    except ImportError:
-        _unavailable("psycopg is not installed: pip install 'langchain-deltamem[postgres]'")
+    psycopg = import_postgres()
     try:
         admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as err:

@@ -24,14 +24,14 @@ import pytest
 from crash_worker import build_graph, field_digest
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
-from postgres_support import temporary_database
+from postgres_support import import_postgres, temporary_database
 from reliability_support import build_tiny_engine, register_engine, unregister_engine
 
 from langchain_deltamem.engine import DeltaMemEngine
 from langchain_deltamem.memory import DEFAULT_NAMESPACE, DeltaMemory
 
 pytestmark = pytest.mark.slow
-psycopg = pytest.importorskip("psycopg", reason="pip install 'langchain-deltamem[postgres]'")
+psycopg = import_postgres()  # skipped without the postgres extra (a failure in CI)
 from langgraph.checkpoint.postgres import PostgresSaver  # noqa: E402
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver  # noqa: E402
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore  # noqa: E402
