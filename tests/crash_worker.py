@@ -193,7 +193,7 @@ def run_graph_writer(engine: Any, db: str, log: str, seed: int) -> None:
 
 
 def zygote() -> None:
-    sys.path.insert(0, str(HERE))
+    sys.path[:0] = [str(HERE), str(HERE.parent)]  # this checkout's package, not an installed one
     import torch
     from reliability_support import build_tiny_engine, register_engine
 

@@ -27,7 +27,7 @@ tomllib = pytest.importorskip("tomllib")
 EXTRA_DISTRIBUTIONS = {
     "matplotlib", "mpl_toolkits", "nltk", "accelerate", "psycopg", "psycopg_binary",
     "psycopg_pool", "aiosqlite", "sqlite_vec", "langgraph_checkpoint_sqlite",
-    "langgraph_checkpoint_postgres",
+    "langgraph_checkpoint_postgres", "llguidance",
 }  # fmt: skip
 SAVERS = {"sqlite", "postgres"}  # inside langgraph's namespace: langgraph.store.sqlite, …
 LEAN = textwrap.dedent(

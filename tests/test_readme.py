@@ -89,3 +89,13 @@ def test_engine_snippet() -> None:
     names = run(snippet("handle.memory(state) as run"))
     assert names["state"].nbytes_per_conversation == 7_680  # the size the README quotes for SSW
     assert names["run"].correction_ratio()
+
+
+def test_state_sizes_quoted_per_strategy() -> None:
+    from langchain_deltamem.engine import get_engine
+
+    text = README.read_text()
+    for adapter, size in (("fresh-tsw", 7_680), ("fresh", 7_680), ("fresh-msw", 30_720)):
+        assert get_engine(adapter=adapter).handle.new_state().nbytes_per_conversation == size
+    assert "7,680 bytes for TSW and SSW, 30,720 bytes for MSW" in text
+    assert "7,680 bytes with one state per layer (SSW, TSW), 30,720 bytes with MSW" in text
