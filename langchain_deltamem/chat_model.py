@@ -3,7 +3,8 @@
 Input → output flow of one turn (``invoke``/``stream``/``batch`` and their async forms):
 
 1. The run's memory scope is resolved: ``scope`` if set, else the run config's ``thread_id``,
-   else ``"default"``.
+   else ``default_scope`` if the model was built with one; else the call is refused
+   (`MissingScopeError`): no call silently shares one memory with every other.
 2. The prompt holds the system message and only the last ``window`` messages (the turn
    policy); older messages reach the model through memory alone, so a turn costs the same at
    message 500 as at message 5. A prompt that still overflows the context is trimmed from the
@@ -27,7 +28,8 @@ import json
 import threading
 import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from operator import itemgetter
+from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
@@ -42,10 +44,20 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableMap,
+    RunnablePassthrough,
+    ensure_config,
+)
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, Field, PrivateAttr
+from langchain_core.utils import from_env
+from langchain_core.utils.function_calling import convert_to_json_schema
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from .backbones import EMBEDDED_BACKBONE
 from .engine import DeltaMemEngine, get_engine
@@ -79,11 +91,12 @@ class ChatDeltaMem(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    backbone: str | None = None
-    """Hugging Face id or local directory; None = the embedded SmolLM2-135M-Instruct."""
-    adapter: str | None = None
+    backbone: str | None = Field(default_factory=from_env("DELTAMEM_BACKBONE", default=None))
+    """Hugging Face id or local directory; None = the embedded SmolLM2-135M-Instruct.
+    Default: the ``DELTAMEM_BACKBONE`` environment variable, if set."""
+    adapter: str | None = Field(default_factory=from_env("DELTAMEM_ADAPTER", default=None))
     """Adapter directory (own or reference format) or ``fresh``/``fresh-tsw``/``fresh-msw``;
-    None = the project's default adapter."""
+    None = the project's default adapter. Default: ``DELTAMEM_ADAPTER``, if set."""
     dtype: str = "float32"
     """Backbone dtype: float32, bfloat16 or float16."""
     max_tokens: int = Field(256, ge=1)
@@ -99,13 +112,16 @@ class ChatDeltaMem(BaseChatModel):
     window: int = Field(6, ge=1)
     """Messages (besides the system message) kept in the prompt; the rest lives in memory."""
     scope: str | None = None
-    """Memory scope for every call; None = the run config's thread_id, else "default"."""
+    """Memory scope for every call; None = the run config's thread_id."""
+    default_scope: str | None = None
+    """Scope of a call without ``scope`` or thread_id; None refuses such calls."""
     system_prompt: str | None = None
     """System message used when the input has none (None = the chat template's default)."""
     write_memory: bool = True
     """Write each turn into memory after the reply."""
     memory: DeltaMemory | None = Field(default=None, exclude=True)
-    """The memory to use; None = one shared in-process memory per backbone/adapter/dtype."""
+    """The memory to use; None = one shared in-process memory per backbone/adapter/dtype.
+    Not part of the serialised model (a store is not data): pass it again after loading."""
 
     _tools_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
@@ -113,6 +129,11 @@ class ChatDeltaMem(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "deltamem"
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """The constructor arguments (all but ``memory``) serialise with ``dumpd``."""
+        return True
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -176,16 +197,18 @@ class ChatDeltaMem(BaseChatModel):
 
     def _with_scope(self, config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """``kwargs`` plus ``memory_scope``: a per-call scope wins, then ``self.scope``, then
-        the run's ``thread_id`` (from ``config`` or the surrounding runnable), else default."""
+        the run's ``thread_id`` (from ``config`` or the surrounding runnable), then
+        ``default_scope``."""
         explicit = kwargs.get("memory_scope")
         scope = explicit if explicit is not None else self.scope
-        return {**kwargs, "memory_scope": DeltaMemory.scope_of(ensure_config(config), scope)}
+        name = DeltaMemory.scope_of(ensure_config(config), scope, self.default_scope)
+        return {**kwargs, "memory_scope": name}
 
     def _scope_for_call(self, kwargs: dict[str, Any]) -> str:
         """The scope of a call that did not come through invoke/stream (e.g. ``generate``)."""
         explicit = kwargs.get("memory_scope")
         scope = explicit if explicit is not None else self.scope
-        return DeltaMemory.scope_of(ensure_config(), scope)
+        return DeltaMemory.scope_of(ensure_config(), scope, self.default_scope)
 
     # --- tools --------------------------------------------------------------------------
     def bind_tools(
@@ -204,6 +227,50 @@ class ChatDeltaMem(BaseChatModel):
         schemas = to_tool_schemas(tools)
         normalize_tool_choice(tool_choice, tool_names(schemas))  # fail early on a bad choice
         return super().bind(tools=schemas, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        include_raw: bool = False,
+        method: Literal["function_calling", "json_mode", "json_schema"] = "function_calling",
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Replies parsed into ``schema``.
+
+        ``function_calling`` (default): a forced tool call. ``json_schema``: the reply is a bare
+        JSON document decoded under the grammar of ``schema``. ``json_mode``: the same with
+        ``schema`` if given, else any JSON object (the grammar guarantees it parses).
+        """
+        if method == "function_calling":
+            if schema is None:
+                raise ValueError("method='function_calling' needs a schema")
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        if method not in ("json_mode", "json_schema"):
+            raise ValueError(
+                f"method must be 'function_calling', 'json_mode' or 'json_schema', got {method!r}"
+            )
+        kwargs.pop("strict", None)  # the grammar is always strict
+        if kwargs:
+            raise ValueError(f"unsupported arguments {sorted(kwargs)}")
+        if schema is None and method == "json_schema":
+            raise ValueError("method='json_schema' needs a schema")
+        json_schema = convert_to_json_schema(schema) if schema is not None else {"type": "object"}
+        model = self.bind(
+            response_format=json_schema,
+            ls_structured_output_format={"kwargs": {"method": method}, "schema": json_schema},
+        )
+        pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()
+        if not include_raw:
+            return model | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        failed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=model) | parsed.with_fallbacks(
+            [failed], exception_key="parsing_error"
+        )
 
     # --- generation ---------------------------------------------------------------------
     def _generate(
@@ -227,6 +294,11 @@ class ChatDeltaMem(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         if not messages:
             raise ValueError("ChatDeltaMem needs at least one message")
+        if kwargs.get("model") is not None:  # one loaded engine per model: no per-call switch
+            raise ValueError(
+                f"ChatDeltaMem cannot switch to model={kwargs['model']!r} per call (its weights "
+                "are loaded once); build another ChatDeltaMem(backbone=...) for it"
+            )
         # fail before any work on unknown roles, non-text blocks or oversized messages
         converted = [message_to_dict(message) for message in messages]
         engine = self.engine
@@ -245,6 +317,16 @@ class ChatDeltaMem(BaseChatModel):
         prompt_messages = self._prompt_messages(messages)
         input_ids = self._encode(engine, prompt_messages, tools, kwargs.get("tool_choice"))
         constraint = None
+        response_format = kwargs.get("response_format")
+        if response_format is not None:  # JSON mode / json_schema: a bare JSON document
+            if tools:
+                raise ValueError("response_format and bound tools cannot be combined")
+            document = JsonSchemaConstraint.for_document
+            budget = max(
+                settings.max_tokens, document(engine.tokenizer, response_format).min_tokens
+            )
+            settings = dataclasses.replace(settings, max_tokens=budget)
+            constraint = document(engine.tokenizer, response_format, max_tokens=budget)
         if tools and mode == "required":
             # the call is always closed within max_tokens (raised to the shortest valid call)
             shortest = JsonSchemaConstraint(engine.tokenizer, tools, forced).min_tokens

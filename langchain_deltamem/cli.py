@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
 
     chat_cli.add_arguments(chat)
     bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios")
-    bench.add_argument("which", choices=["core", "turns", "cost"])
+    bench.add_argument("which", choices=["core", "turns", "cost", "grammar"])
     bench.add_argument("--out")
     bench.add_argument(
         "--repeats", type=int, default=None, help="default: 5 (core), 3 (turns, cost)"
@@ -46,6 +46,14 @@ def main(argv: list[str] | None = None) -> None:
         which_eval.add_parser("perplexity", help="plain-text perplexity with an unrelated memory")
     )
     args = parser.parse_args(argv)
+    needs = {"train": "train", "eval": "eval", "bench": "bench"}.get(args.command)
+    if needs is not None:
+        from .extras import MissingExtraError, require
+
+        try:
+            require(needs, f"deltamem {args.command}")
+        except MissingExtraError as err:
+            parser.exit(2, f"deltamem: {err}\n")
     if args.command == "demo":
         from . import demo as demo_module
 
@@ -66,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         from .bench.__main__ import run_cost
 
         run_cost(args)
+    elif args.command == "bench" and args.which == "grammar":
+        from .bench import grammar
+
+        grammar.main(out=args.out, repeats=args.repeats or 5)
     elif args.command == "bench" and args.which == "turns":
         from .bench import turns
 

@@ -32,13 +32,10 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph import MessagesState
 
 from .chat_model import ChatDeltaMem
-from .memory import SNAPSHOT_KEYS, DeltaMemory
+from .memory import SNAPSHOT_KEYS, DeltaMemory, MissingScopeError
 
 GRAPH_FIELD = "deltamem"
-
-
-class MissingScopeError(ValueError):
-    """A graph run gave no thread id (or user id) to keep its memory under."""
+__all__ = ["GRAPH_FIELD", "DeltaMemState", "GraphMemory", "MissingScopeError", "agent_node"]
 
 
 def keep_latest(current: Any, update: Any) -> Any:

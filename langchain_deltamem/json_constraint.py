@@ -929,13 +929,9 @@ class JsonSchemaConstraint:
         names = [f.get("name") for f in functions]
         if forced_name is not None and forced_name not in names:
             raise ValueError(f"forced_name {forced_name!r} is not one of the tools {names}")
-        if min(max_string_length, max_array_items, max_object_keys, top_k) < 1:
-            raise ValueError("top_k and the length limits must be >= 1")
-        self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
-        if self.eos_token_id is None:
-            raise ValueError("the tokenizer has no eos_token_id; pass eos_token_id=...")
+        limits = (max_string_length, max_array_items, max_object_keys)
+        self._check_settings(tokenizer, eos_token_id, top_k, *limits)
         self.forced_name = forced_name
-        self.top_k = top_k
         if multiline is None:
             multiline = supports_tools(tokenizer)
         self.multiline = multiline
@@ -953,7 +949,50 @@ class JsonSchemaConstraint:
                 raise ValueError(f"Tool {name!r}: {exc}") from exc
             head = _Lit([_dump(name) + ', "arguments": '])
             branches.append(_Seq([head, arguments, _Lit(["}" + nl + TOOL_CALL_CLOSE])]))
-        self._grammar = _Seq([_Lit([TOOL_CALL_OPEN + nl + '{"name": ']), _Union(branches)])
+        grammar = _Seq([_Lit([TOOL_CALL_OPEN + nl + '{"name": ']), _Union(branches)])
+        self._build(tokenizer, grammar, max_tokens)
+
+    @classmethod
+    def for_document(
+        cls,
+        tokenizer: Any,
+        schema: Mapping[str, Any],
+        *,
+        eos_token_id: int | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        max_string_length: int = 1000,
+        max_array_items: int = 64,
+        max_object_keys: int = 32,
+        max_tokens: int | None = None,
+    ) -> JsonSchemaConstraint:
+        """A constraint for a bare JSON document valid for ``schema`` (then the end token):
+        the chat model's JSON mode (``{"type": "object"}``) and ``json_schema`` output.
+        Same subset, limits and guarantees as a tool call's arguments."""
+        self = cls.__new__(cls)
+        limits = (max_string_length, max_array_items, max_object_keys)
+        self._check_settings(tokenizer, eos_token_id, top_k, *limits)
+        self.forced_name = None
+        self.multiline = False
+        compiler = _Compiler(schema, max_string_length, max_array_items, max_object_keys)
+        try:
+            grammar = compiler.compile(schema)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"JSON schema: {exc}") from exc
+        self._build(tokenizer, _Seq([grammar]), max_tokens)
+        return self
+
+    def _check_settings(
+        self, tokenizer: Any, eos_token_id: int | None, top_k: int, *limits: int
+    ) -> None:
+        if min(top_k, *limits) < 1:
+            raise ValueError("top_k and the length limits must be >= 1")
+        self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+        if self.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos_token_id; pass eos_token_id=...")
+        self.top_k = top_k
+
+    def _build(self, tokenizer: Any, grammar: Any, max_tokens: int | None) -> None:
+        self._grammar = grammar
         self._table = _token_table(tokenizer)
         missing = (_literal_chars(self._grammar) | _GRAMMAR_CHARS) - self._table.single_chars
         if missing:

@@ -8,11 +8,18 @@ only what is new). Everything a scope holds serialises to JSON-safe values, whic
 LangGraph `BaseStore` (InMemoryStore, SqliteStore, …) persists.
 
 Operations on one scope are serialised by a per-scope lock; different scopes run concurrently
-(the model's forward passes are read-only and the active state is a context variable).
+(the model's forward passes are read-only and the active state is a context variable). With a
+store, several processes may serve one scope: every operation reads the scope's record from the
+store afresh, and every change runs under a cross-process lock (`store_locks`), so a write is
+always applied to the latest stored record and none is lost.
+
+There is no implicit shared scope: an operation without a scope or thread id is refused unless
+the memory was built with an explicit ``default_scope``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -20,7 +27,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +38,13 @@ from langgraph.store.base import BaseStore
 from .engine import DeltaMemEngine, get_engine
 from .injection import MemoryRun
 from .state import MemoryState, MemoryStateError
+from .store_locks import ScopeLock, scope_lock_for
 from .tool_calling import content_text, message_role
 from .writing import MEMORY_SYSTEM_PROMPT, SourceRouter, WrittenSegment, write_messages
 
 SCOPE_FORMAT = "langchain-deltamem/scope"
 SCOPE_VERSION = 1
 DEFAULT_NAMESPACE = ("deltamem", "memory")
-DEFAULT_SCOPE = "default"
 SNAPSHOT_FORMAT = "langchain-deltamem/snapshot"
 SNAPSHOT_KEYS = 64  # message keys a snapshot keeps: enough to line up any prompt window
 _KEY_HISTORY = 256  # message keys remembered for new-message detection (bounded)
@@ -54,6 +61,10 @@ class MemoryRecordError(ValueError):
 
 class MemoryLimitError(ValueError):
     """A write or a new scope beyond one of the memory's configured caps."""
+
+
+class MissingScopeError(ValueError):
+    """A call named no scope (nor thread id) and no default scope was set."""
 
 
 @dataclass
@@ -117,6 +128,9 @@ class DeltaMemory:
         max_segments_per_write: cap on the messages of one write call (None = no cap).
         max_scopes: cap on the scopes this process holds (None = no cap); a new scope past
             it is refused (existing ones keep working).
+        default_scope: the scope of a call that names none and has no thread id. None (the
+            default) refuses such calls: a server that forgets the config must not mix its
+            users' memories in one shared scope.
     """
 
     def __init__(
@@ -131,6 +145,7 @@ class DeltaMemory:
         max_message_chars: int | None = 1_000_000,
         max_segments_per_write: int | None = 1024,
         max_scopes: int | None = 100_000,
+        default_scope: str | None = None,
     ) -> None:
         self._engine = engine
         self.store = store
@@ -148,8 +163,12 @@ class DeltaMemory:
         self.max_message_chars = max_message_chars
         self.max_segments_per_write = max_segments_per_write
         self.max_scopes = max_scopes
+        if default_scope is not None:
+            self.scope_of(None, default_scope)  # the same checks as an explicit scope
+        self.default_scope = default_scope
         self._scopes: dict[str, _Scope] = {}
         self._lock = threading.Lock()
+        self._store_lock: ScopeLock = scope_lock_for(store)
 
     # --- plumbing -----------------------------------------------------------------------
     @property
@@ -165,19 +184,38 @@ class DeltaMemory:
         return self._router
 
     @staticmethod
-    def scope_of(config: RunnableConfig | None = None, scope: str | None = None) -> str:
-        """An explicit scope, else the run's ``thread_id``, else ``"default"``."""
+    def scope_of(
+        config: RunnableConfig | None = None,
+        scope: str | None = None,
+        default: str | None = None,
+    ) -> str:
+        """An explicit scope, else the run's ``thread_id``, else ``default``; with none of
+        them, `MissingScopeError` (never an implicit shared scope)."""
         if scope is not None:
             if not isinstance(scope, str) or not scope:
                 raise ValueError(f"scope must be a non-empty string, got {scope!r}")
             return scope
         thread = ((config or {}).get("configurable") or {}).get("thread_id")
-        return str(thread) if thread is not None else DEFAULT_SCOPE
+        if thread is not None and thread != "":
+            return str(thread)
+        if default is not None:
+            return default
+        raise MissingScopeError(
+            "no memory scope: pass scope=... or config={'configurable': {'thread_id': ...}}, "
+            "or build the memory (DeltaMemory(default_scope=...) or "
+            "ChatDeltaMem(default_scope=...)) with an explicit default scope"
+        )
+
+    def _name(self, config: RunnableConfig | None, scope: str | None) -> str:
+        return self.scope_of(config, scope, self.default_scope)
 
     @contextmanager
-    def _scope(self, scope: str) -> Iterator[_Scope]:
+    def _scope(self, scope: str, *, change: bool = False) -> Iterator[_Scope]:
+        """Hold the scope in this process (and, for a ``change``, in every process sharing the
+        store) with its record as the store has it now."""
         with self._lock:
             record = self._scopes.get(scope)
+            fresh = record is None
             if record is None:
                 if self.max_scopes is not None and len(self._scopes) >= self.max_scopes:
                     raise MemoryLimitError(
@@ -187,7 +225,12 @@ class DeltaMemory:
                 record = self._load(scope)
                 self._scopes[scope] = record
         with record.lock:
-            yield record
+            held = self._store_lock.hold(self.namespace, scope) if change else nullcontext()
+            with held:
+                if self.store is not None and (change or not fresh):
+                    latest = self._load(scope)  # another process may have written since
+                    record.state, record.log, record.keys = latest.state, latest.log, latest.keys
+                yield record
 
     def _load(self, scope: str) -> _Scope:
         if self.store is not None:
@@ -228,8 +271,8 @@ class DeltaMemory:
         converted = [message_to_dict(m) for m in messages]
         converted = [m for m in converted if m["role"] != "system"]
         self.check_message_sizes(converted)
-        name = self.scope_of(config, scope)
-        with self._scope(name) as record:
+        name = self._name(config, scope)
+        with self._scope(name, change=True) as record:
             if skip_written:
                 converted = _unwritten(converted, record.keys)
             if not converted:
@@ -278,7 +321,7 @@ class DeltaMemory:
         self, *, scope: str | None = None, config: RunnableConfig | None = None
     ) -> Iterator[MemoryRun]:
         """Forward passes inside read the scope's memory with writes off (state unchanged)."""
-        name = self.scope_of(config, scope)
+        name = self._name(config, scope)
         with self._scope(name) as record:
             with self.engine.handle.memory(record.state) as run:
                 yield run
@@ -291,7 +334,7 @@ class DeltaMemory:
         """Hold the scope (other calls on it wait) and give its live state, for a caller that
         runs its own read, e.g. a generation loop entering ``handle.memory(state)`` itself.
         The caller must not write into it; `record_read` keeps the read's correction ratios."""
-        with self._scope(self.scope_of(config, scope)) as record:
+        with self._scope(self._name(config, scope)) as record:
             yield record.state
 
     def record_read(
@@ -300,14 +343,14 @@ class DeltaMemory:
         """Keep the correction ratios of a read (shown by `stats`)."""
         ratio = run.correction_ratio()
         if ratio:
-            with self._scope(self.scope_of(config, scope)) as record:
+            with self._scope(self._name(config, scope)) as record:
                 record.last_ratio = ratio
 
     def state(
         self, *, scope: str | None = None, config: RunnableConfig | None = None
     ) -> MemoryState:
         """A copy of the scope's current state."""
-        with self._scope(self.scope_of(config, scope)) as record:
+        with self._scope(self._name(config, scope)) as record:
             return record.state.clone()
 
     # --- management ---------------------------------------------------------------------
@@ -320,8 +363,8 @@ class DeltaMemory:
 
     def reset(self, *, scope: str | None = None, config: RunnableConfig | None = None) -> None:
         """Empty the scope's memory and log."""
-        name = self.scope_of(config, scope)
-        with self._scope(name) as record:
+        name = self._name(config, scope)
+        with self._scope(name, change=True) as record:
             state = self.engine.handle.new_state()
             self._commit(name, record, state=state, log=[], keys=[], last_ratio={})
 
@@ -332,7 +375,7 @@ class DeltaMemory:
 
     def export(self, *, scope: str | None = None, config: RunnableConfig | None = None) -> bytes:
         """The scope as bytes (UTF-8 JSON with the state as base64 safetensors and a checksum)."""
-        with self._scope(self.scope_of(config, scope)) as record:
+        with self._scope(self._name(config, scope)) as record:
             return json.dumps(self._to_json(record), sort_keys=True).encode()
 
     def import_(
@@ -345,8 +388,8 @@ class DeltaMemory:
         except (UnicodeDecodeError, json.JSONDecodeError, TypeError, RecursionError) as err:
             raise MemoryRecordError(f"memory export is not valid JSON: {err}") from err
         incoming = self._from_json(body, where="import")
-        name = self.scope_of(config, scope)
-        with self._scope(name) as record:
+        name = self._name(config, scope)
+        with self._scope(name, change=True) as record:
             self._commit(
                 name,
                 record,
@@ -366,7 +409,7 @@ class DeltaMemory:
         """The scope's state as a fixed-size record for a graph checkpoint: the state bytes and
         the keys of the last ``keys`` messages written (for new-message detection), without
         the segment log, so its size does not grow with the conversation."""
-        with self._scope(self.scope_of(config, scope)) as record:
+        with self._scope(self._name(config, scope)) as record:
             state = record.state.to_bytes()
             kept = list(record.keys[-keys:]) if keys > 0 else []
             return {
@@ -409,8 +452,8 @@ class DeltaMemory:
             SNAPSHOT_FORMAT, bytes(raw), None, keys
         ):
             raise MemoryRecordError(f"{where}: checksum mismatch (altered or damaged)")
-        name = self.scope_of(config, scope)
-        with self._scope(name) as record:
+        name = self._name(config, scope)
+        with self._scope(name, change=True) as record:
             held_keys = record.keys[-len(keys) :] if keys else []
             if held_keys == keys and record.state.to_bytes() == bytes(raw):
                 return False  # already there: keep the log
@@ -429,8 +472,8 @@ class DeltaMemory:
 
         Returns the forgotten segment.
         """
-        name = self.scope_of(config, scope)
-        with self._scope(name) as record:
+        name = self._name(config, scope)
+        with self._scope(name, change=True) as record:
             flat = [(g, i) for g, group in enumerate(record.log) for i in range(len(group))]
             if not -len(flat) <= index < len(flat):
                 raise IndexError(f"scope {name!r} holds {len(flat)} segments; no segment {index}")
@@ -452,7 +495,7 @@ class DeltaMemory:
         self, *, scope: str | None = None, config: RunnableConfig | None = None
     ) -> dict[str, Any]:
         """Writes per state, per-layer state norms, and the last read's correction ratios."""
-        name = self.scope_of(config, scope)
+        name = self._name(config, scope)
         with self._scope(name) as record:
             state = record.state
             return {
@@ -465,6 +508,43 @@ class DeltaMemory:
                 ],
                 "correction_ratio": record.last_ratio,
             }
+
+    # --- async forms --------------------------------------------------------------------
+    # A write is a forward pass: these run the sync method in a worker thread, so the event
+    # loop never blocks and an async store (AsyncPostgresStore) is reached from off its loop.
+    async def awrite(
+        self, messages: Sequence[BaseMessage | Mapping[str, Any]], **kwargs: Any
+    ) -> list[WrittenSegment]:
+        """`write` off the event loop."""
+        return await asyncio.to_thread(self.write, messages, **kwargs)
+
+    async def astate(self, **kwargs: Any) -> MemoryState:
+        """`state` off the event loop."""
+        return await asyncio.to_thread(self.state, **kwargs)
+
+    async def areset(self, **kwargs: Any) -> None:
+        """`reset` off the event loop."""
+        await asyncio.to_thread(self.reset, **kwargs)
+
+    async def aforget(self, index: int, **kwargs: Any) -> dict[str, str]:
+        """`forget` off the event loop."""
+        return await asyncio.to_thread(self.forget, index, **kwargs)
+
+    async def aexport(self, **kwargs: Any) -> bytes:
+        """`export` off the event loop."""
+        return await asyncio.to_thread(self.export, **kwargs)
+
+    async def aimport_(self, data: bytes, **kwargs: Any) -> None:
+        """`import_` off the event loop."""
+        await asyncio.to_thread(self.import_, data, **kwargs)
+
+    async def astats(self, **kwargs: Any) -> dict[str, Any]:
+        """`stats` off the event loop."""
+        return await asyncio.to_thread(self.stats, **kwargs)
+
+    async def ascopes(self) -> list[str]:
+        """`scopes` off the event loop."""
+        return await asyncio.to_thread(self.scopes)
 
     # --- JSON records -------------------------------------------------------------------
     def _to_json(self, record: _Scope) -> dict[str, Any]:

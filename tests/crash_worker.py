@@ -63,11 +63,18 @@ def _logger(path: str) -> Callable[[str], None]:
 
 
 def _slow_transactions(conn: sqlite3.Connection, say: Callable[[str], None], rng: Any) -> None:
-    """Log and linger at each write statement and each COMMIT (the transaction is open)."""
+    """Log and linger at each write statement and each COMMIT of a transaction that wrote
+    (the transaction is open); the reads a change makes first are not logged."""
+
+    wrote = [False]  # whether the open transaction wrote (a read's COMMIT is not a write's)
 
     def trace(statement: str) -> None:
         head = " ".join(statement.split()[:3])
-        if head.startswith(("INSERT", "COMMIT")):
+        if head.startswith("BEGIN"):
+            wrote[0] = False
+        if head.startswith("INSERT"):
+            wrote[0] = True
+        if head.startswith("INSERT") or (head.startswith("COMMIT") and wrote[0]):
             say(f"phase {head}")
             time.sleep(rng.uniform(0.005, 0.03))
 
@@ -193,7 +200,7 @@ def run_graph_writer(engine: Any, db: str, log: str, seed: int) -> None:
 
 
 def zygote() -> None:
-    sys.path.insert(0, str(HERE))
+    sys.path[:0] = [str(HERE), str(HERE.parent)]  # this checkout's package, not an installed one
     import torch
     from reliability_support import build_tiny_engine, register_engine
 

@@ -34,7 +34,7 @@ from langchain_deltamem import engine as engine_module
 from langchain_deltamem.backbones import EMBEDDED_BACKBONE
 from langchain_deltamem.chat_model import ChatDeltaMem
 from langchain_deltamem.engine import DEFAULT_ADAPTER, DeltaMemEngine, get_engine
-from langchain_deltamem.memory import DeltaMemory
+from langchain_deltamem.memory import DeltaMemory, MissingScopeError
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,8 @@ def memory(engine: DeltaMemEngine) -> DeltaMemory:
 
 
 def make(memory: DeltaMemory, **params: Any) -> ChatDeltaMem:
-    return ChatDeltaMem(**{"memory": memory, "max_tokens": 8, **params})
+    """A model whose calls without a thread id use the explicit default scope "default"."""
+    return ChatDeltaMem(**{"memory": memory, "max_tokens": 8, "default_scope": "default", **params})
 
 
 def state_bytes(memory: DeltaMemory, scope: str) -> bytes:
@@ -245,6 +246,27 @@ def test_a_chain_passes_the_thread_id_to_the_model(memory: DeltaMemory) -> None:
     assert chain.invoke({"text": "Hello"}, config=thread("chained"))
     assert memory.stats(scope="chained")["segments"] == 2
     assert memory.stats(scope="default")["segments"] == 0
+
+
+def test_a_call_without_scope_is_refused_unless_a_default_was_chosen(
+    memory: DeltaMemory,
+) -> None:
+    model = ChatDeltaMem(memory=memory, max_tokens=2)
+    calls = (
+        lambda: model.invoke("Hi"),
+        lambda: list(model.stream("Hi")),
+        lambda: asyncio.run(model.ainvoke("Hi")),
+        lambda: model.batch(["Hi"]),
+    )
+    for call in calls:
+        with pytest.raises(MissingScopeError, match=r"thread_id.*default_scope"):
+            call()
+    assert memory.scopes() == []  # nothing read or written anywhere
+    shared = ChatDeltaMem(memory=memory, max_tokens=2, default_scope="everyone")
+    check_reply(shared.invoke("Hi"))
+    assert memory.scopes() == ["everyone"]
+    check_reply(shared.invoke("Hi", config=thread("own")))  # a thread id still wins
+    assert memory.scopes() == ["everyone", "own"]
 
 
 # --- decoding parameters -----------------------------------------------------------------

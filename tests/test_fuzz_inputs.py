@@ -45,6 +45,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 from langgraph.store.sqlite import SqliteStore
+from postgres_support import temporary_database
 from reliability_support import build_tiny_engine, register_engine, unregister_engine
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_save
@@ -1069,12 +1070,19 @@ def _sqlite_store(path: Path) -> SqliteStore:
     return store
 
 
-@pytest.fixture(scope="module", params=["in-memory", "sqlite"])
+@pytest.fixture(scope="module", params=["in-memory", "sqlite", "postgres"])
 def fuzz_store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BaseStore]:
     if request.param == "in-memory":
         yield InMemoryStore()
+        return
+    if request.param == "postgres":
+        from langgraph.store.postgres import PostgresStore
+
+        with temporary_database() as url, PostgresStore.from_conn_string(url) as store:
+            store.setup()
+            yield store
         return
     store = _sqlite_store(tmp_path_factory.mktemp("fuzz-store") / "store.sqlite")
     yield store
@@ -1082,7 +1090,13 @@ def fuzz_store(
 
 
 def _raw_entry(store: BaseStore, scope: str) -> Any:
-    """The stored entry as the store holds it (the SQLite text, or the in-memory value)."""
+    """The stored entry as the store holds it (the SQLite or jsonb text, or the in-memory value)."""
+    if _is_postgres(store):
+        row = store.conn.execute(
+            "SELECT value::text AS value FROM store WHERE prefix = %s AND key = %s",
+            (".".join(DEFAULT_NAMESPACE), scope),
+        ).fetchone()
+        return row["value"]
     if isinstance(store, SqliteStore):
         row = store.conn.execute(
             "SELECT value FROM store WHERE prefix = ? AND key = ?",
@@ -1093,7 +1107,20 @@ def _raw_entry(store: BaseStore, scope: str) -> Any:
 
 
 def _put_raw(store: BaseStore, scope: str, text: bytes) -> bool:
-    """Store damaged text as the entry; False if this store cannot hold it (not a JSON dict)."""
+    """Store damaged text as the entry; False if this store cannot hold it (not a JSON dict,
+    or for PostgreSQL's jsonb, not JSON at all)."""
+    if _is_postgres(store):
+        import psycopg
+
+        store.put(DEFAULT_NAMESPACE, scope, {"placeholder": True})
+        try:
+            store.conn.execute(
+                "UPDATE store SET value = %s::jsonb WHERE prefix = %s AND key = %s",
+                (text.decode("utf-8", "replace"), ".".join(DEFAULT_NAMESPACE), scope),
+            )
+        except psycopg.Error:  # the server refuses it (not JSON, too deep): nothing reaches δ-mem
+            return False
+        return True
     if isinstance(store, SqliteStore):
         store.put(DEFAULT_NAMESPACE, scope, {"placeholder": True})
         store.conn.execute(
@@ -1109,6 +1136,10 @@ def _put_raw(store: BaseStore, scope: str, text: bytes) -> bool:
         return False
     store.put(DEFAULT_NAMESPACE, scope, value)
     return True
+
+
+def _is_postgres(store: BaseStore) -> bool:
+    return type(store).__module__.startswith("langgraph.store.postgres")
 
 
 @FUZZ

@@ -28,6 +28,7 @@ from langchain_deltamem.memory import (
     DEFAULT_NAMESPACE,
     DeltaMemory,
     MemoryRecordError,
+    MissingScopeError,
     message_to_dict,
 )
 from langchain_deltamem.writing import WrittenSegment
@@ -94,12 +95,20 @@ def test_write_goes_to_its_scope_only(memory: DeltaMemory, engine: DeltaMemEngin
     assert memory.scopes() == ["a", "b"]
 
 
-def test_thread_id_selects_the_scope(memory: DeltaMemory) -> None:
+def test_thread_id_selects_the_scope(memory: DeltaMemory, engine: DeltaMemEngine) -> None:
     memory.write([H1], config={"configurable": {"thread_id": "t-1"}})
     assert memory.stats(scope="t-1")["segments"] == 1
-    assert memory.stats(scope="default")["segments"] == 0
-    memory.write([H2])  # no config, no scope: "default"
-    assert memory.stats(scope="default")["segments"] == 1
+    # no config, no scope, no default scope: refused, nothing written anywhere
+    for call in (lambda: memory.write([H2]), memory.stats, memory.export, memory.reset):
+        with pytest.raises(MissingScopeError, match=r"thread_id.*default_scope"):
+            call()
+    assert memory.scopes() == ["t-1"]
+    shared = DeltaMemory(engine, default_scope="everyone")  # an explicit choice
+    shared.write([H2])
+    assert shared.stats(scope="everyone")["segments"] == 1
+    assert shared.stats(config={"configurable": {"thread_id": "t-1"}})["segments"] == 0
+    with pytest.raises(ValueError, match="non-empty string"):
+        DeltaMemory(engine, default_scope="")
     # an explicit scope wins over the thread id
     memory.write([H3], scope="explicit", config={"configurable": {"thread_id": "t-1"}})
     assert memory.stats(scope="t-1")["segments"] == 1

@@ -946,6 +946,27 @@ def test_constraint_random_model_always_yields_valid_call(fake, case: str) -> No
         assert call["name"] == names[0]
 
 
+@pytest.mark.parametrize("case", list(SCHEMA_CASES))
+def test_document_constraint_yields_valid_json(fake, case: str) -> None:
+    """JSON mode / json_schema output: a bare document valid for the schema, then the end."""
+    schema = to_tool_schemas(SCHEMA_CASES[case])[0]["function"]["parameters"]
+    constraint = JsonSchemaConstraint.for_document(fake, schema, **LIMITS)
+    for seed in range(10):
+        text = drive(constraint, fake, seed, check_full_scan=seed < 2)
+        assert validate(json.loads(text), schema, schema), (text, schema)
+        assert_canonical_spacing(text)
+    free = JsonSchemaConstraint.for_document(fake, {"type": "object"}, **LIMITS)
+    assert isinstance(json.loads(drive(free, fake, 0)), dict)
+    limit = constraint.min_tokens + 10
+    budget = JsonSchemaConstraint.for_document(fake, schema, max_tokens=limit, **LIMITS)
+    for seed in range(5):  # closed within the budget, end token included
+        text = drive(budget, fake, seed)
+        assert len(budget._consumed) <= limit
+        json.loads(text)
+    with pytest.raises(ValueError, match="JSON schema: "):
+        JsonSchemaConstraint.for_document(fake, {"type": "object", "properties": {"a": 7}})
+
+
 def test_constraint_any_tool_and_greedy(fake) -> None:
     schemas = to_tool_schemas([get_weather, CreateUser, RAW_TOOL, REF_TOOL, PING_TOOL])
     names = tool_names(schemas)

@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     turns_parser.add_argument("--repeats", type=int, default=3)
     turns_parser.add_argument("--turns", type=int, default=200)
     turns_parser.add_argument("--seed", type=int, default=0)
+    grammar_parser = sub.add_parser("grammar", help="JSON grammar engines per decoded token")
+    grammar_parser.add_argument("--out", help="also write the markdown table to this file")
+    grammar_parser.add_argument("--repeats", type=int, default=5)
     cost_parser = sub.add_parser("cost", help="per-turn cost: δ-mem vs buffer and vector memory")
     add_cost_arguments(cost_parser)
     args = parser.parse_args(argv)
@@ -27,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
         from . import turns
 
         turns.main(out=args.out, repeats=args.repeats, turns=args.turns, seed=args.seed)
+    elif args.which == "grammar":
+        from . import grammar
+
+        grammar.main(out=args.out, repeats=args.repeats)
     elif args.which == "cost":
         run_cost(args)
 

@@ -12,8 +12,9 @@ import re
 import string
 from collections import Counter
 from functools import lru_cache
+from typing import Any
 
-from nltk.stem import PorterStemmer
+from ..extras import require
 
 CATEGORIES: dict[int, str] = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 
@@ -29,8 +30,12 @@ _DROPPED_WORDS = re.compile(r"\b(a|an|the|and)\b")
 
 
 @lru_cache(maxsize=1)
-def _stemmer() -> PorterStemmer:
-    """One shared stemmer: construction is cheap but there is no reason to repeat it per token."""
+def _stemmer() -> Any:
+    """One shared stemmer: construction is cheap but there is no reason to repeat it per token.
+    (nltk is the ``eval`` extra, imported on first use so the CLI starts without it.)"""
+    require("eval", "LoCoMo scoring")
+    from nltk.stem import PorterStemmer
+
     return PorterStemmer()
 
 
