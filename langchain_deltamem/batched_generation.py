@@ -50,12 +50,15 @@ class BatchRequest:
         settings: see `GenerationSettings` (per row: budget, sampling, seed, stop strings).
         logits_processor: this row's constraint, if any.
         on_chunk: called (in the decoding thread) with each `GenerationChunk` of this row.
+        on_done: called (in the decoding thread) as soon as this row ends, with its
+            `GenerationResult` or the exception that ended it; the batch may go on.
     """
 
     input_ids: torch.Tensor
     settings: GenerationSettings
     logits_processor: LogitsProcessor | None = None
     on_chunk: Callable[[GenerationChunk], None] | None = None
+    on_done: Callable[[GenerationResult | BaseException], None] | None = None
 
 
 @dataclass
@@ -198,13 +201,22 @@ def _advance(row: _Row, logits: torch.Tensor, eos: frozenset[int]) -> int:
             tail = "" if stopped else row.text.flush()
             if tail:
                 _deliver(row, tail)
-            row.outcome = GenerationResult(
-                row.text.emitted, finish, row.prompt.numel(), len(row.generated), row.generated
+            _finish(
+                row,
+                GenerationResult(
+                    row.text.emitted, finish, row.prompt.numel(), len(row.generated), row.generated
+                ),
             )
         return token
     except Exception as err:  # this row fails alone; the others go on
-        row.outcome = err
+        _finish(row, err)
         return 0
+
+
+def _finish(row: _Row, outcome: GenerationResult | BaseException) -> None:
+    row.outcome = outcome
+    if row.request.on_done is not None:
+        row.request.on_done(outcome)
 
 
 def _deliver(row: _Row, text: str) -> None:
