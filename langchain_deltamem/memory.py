@@ -52,6 +52,7 @@ from .writing import (
     Progress,
     SourceRouter,
     WrittenSegment,
+    warn_long_messages,
     write_messages,
     write_messages_batch,
 )
@@ -309,6 +310,7 @@ class DeltaMemory:
             converted = self._new_messages(record, converted, skip_written)
             if not converted:
                 return []
+            warn_long_messages(self.engine.tokenizer, converted, self.max_segment_tokens)
             keys = (record.keys + [message_key(m) for m in converted])[-_KEY_HISTORY:]
             self._commit(name, record, pending=[*record.pending, converted], keys=keys)
         self._start_writer()
@@ -389,7 +391,7 @@ class DeltaMemory:
         calls = [list(record.pending) for _, record in items]
         if len(items) == 1:  # one scope: its calls one by one, with a progress bar if long
             for call in calls[0]:
-                self._write_into(states[0], call)
+                self._write_into(states[0], call, warn=False)
         else:
             for k in range(max(len(c) for c in calls)):
                 rows = [i for i, c in enumerate(calls) if k < len(c)]
@@ -402,6 +404,7 @@ class DeltaMemory:
                     router=self.router,
                     max_segment_tokens=self.max_segment_tokens,
                     max_forward_tokens=engine.context_length,
+                    warn=False,
                 )
         for (name, record), state, done in zip(items, states, calls, strict=True):
             self._commit(name, record, state=state, log=[*record.log, *done], pending=[])
@@ -425,6 +428,7 @@ class DeltaMemory:
         messages: list[dict[str, str]],
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        warn: bool = True,
     ) -> list[WrittenSegment]:
         engine = self.engine
         bar = None
@@ -451,6 +455,7 @@ class DeltaMemory:
                 max_forward_tokens=engine.context_length,
                 progress=progress,
                 cancel=cancel,
+                warn=warn,
             )
         finally:
             if bar is not None:

@@ -105,6 +105,7 @@ def write_messages(
     detach_inputs: bool = False,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    warn: bool = True,
 ) -> list[WrittenSegment]:
     """Write ``messages`` into ``state`` (batch of one), one segment per message.
 
@@ -128,6 +129,7 @@ def write_messages(
         progress: called after each forward with (tokens written, tokens to write).
         cancel: checked before each forward; once set, `WriteCancelled` is raised (the state
             then holds the forwards already run: write into a copy to discard them).
+        warn: warn about messages written in pieces (off when that was said at queue time).
 
     Returns:
         The segments written, in order (the replay log).
@@ -140,7 +142,7 @@ def write_messages(
     if max_forward_tokens is None:
         max_forward_tokens = int(getattr(handle.model.config, "max_position_embeddings", 8192))
     forwards = plan_forwards(
-        tokenizer, messages, system_prompt, router, max_segment_tokens, max_forward_tokens
+        tokenizer, messages, system_prompt, router, max_segment_tokens, max_forward_tokens, warn
     )
     total = sum(f.tokens for f in forwards)
     done = 0
@@ -185,10 +187,11 @@ def plan_forwards(
     router: SourceRouter,
     max_segment_tokens: int,
     max_forward_tokens: int,
+    warn: bool = True,
 ) -> list[PlannedForward]:
     """The forwards `write_messages` runs for ``messages`` (long ones cut, calls split to fit
     the context), so a batched write runs exactly the same ones."""
-    pieces = _split_long_messages(tokenizer, messages, max_segment_tokens)
+    pieces = _split_long_messages(tokenizer, messages, max_segment_tokens, warn)
     system = {"role": "system", "content": system_prompt}
     out = []
     for group in _group_for_context(tokenizer, system, pieces, max_forward_tokens):
@@ -214,6 +217,7 @@ def write_messages_batch(
     router: SourceRouter | None = None,
     max_segment_tokens: int = 1024,
     max_forward_tokens: int | None = None,
+    warn: bool = True,
 ) -> list[list[WrittenSegment]]:
     """`write_messages` for several conversations at once: conversation ``i``'s messages into
     ``states[i]`` (each a batch of one), as batched forwards.
@@ -233,7 +237,7 @@ def write_messages_batch(
         max_forward_tokens = int(getattr(handle.model.config, "max_position_embeddings", 8192))
     plans = [
         plan_forwards(
-            tokenizer, group, system_prompt, router, max_segment_tokens, max_forward_tokens
+            tokenizer, group, system_prompt, router, max_segment_tokens, max_forward_tokens, warn
         )
         for group in messages
     ]
@@ -317,6 +321,7 @@ def _split_long_messages(
     tokenizer: PreTrainedTokenizerBase,
     messages: Sequence[Mapping[str, str]],
     max_tokens: int,
+    warn: bool = True,
 ) -> list[dict[str, str]]:
     out = []
     for i, message in enumerate(messages):
@@ -332,11 +337,12 @@ def _split_long_messages(
         if len(ids) <= max_tokens:
             out.append({"role": role, "content": content, "source": source})
             continue
-        warnings.warn(
-            f"message {i} ({len(ids)} tokens) is longer than {max_tokens} tokens; it is written "
-            "to memory in pieces",
-            stacklevel=4,
-        )
+        if warn:
+            warnings.warn(
+                f"message {i} ({len(ids)} tokens) is longer than {max_tokens} tokens; it is "
+                "written to memory in pieces",
+                stacklevel=4,
+            )
         for start in range(0, len(ids), max_tokens):
             piece = tokenizer.decode(ids[start : start + max_tokens])
             out.append({"role": role, "content": piece, "source": source})
@@ -384,3 +390,11 @@ def turn_groups(messages: Sequence[Mapping[str, str]]) -> list[list[Mapping[str,
     if current:
         groups.append(current)
     return groups
+
+
+def warn_long_messages(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]], max_tokens: int
+) -> None:
+    """The "written in pieces" warnings of a write, given when it is queued (in the caller's
+    thread, where they can be seen) rather than when it runs."""
+    _split_long_messages(tokenizer, messages, max_tokens)
