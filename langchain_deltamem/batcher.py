@@ -2,11 +2,15 @@
 
 Callers (threads, or asyncio tasks through their worker threads) `submit` a prompt with the
 memory state of its conversation and iterate the returned `BatchedStream`. One decoding thread
-per engine takes the first waiting request, waits up to ``max_wait`` seconds for more (up to
-``max_batch_size``), stacks their states into one `MemoryState` and runs
-`batched_generation.generate_batch`: row ``i`` reads conversation ``i``'s memory, and each row's
-chunks go to its own stream as they become final. A lone request waits ``max_wait`` at most
-(milliseconds, against a reply of hundreds).
+per batcher takes every request waiting (up to ``max_batch_size``), stacks their states into
+one `MemoryState` and runs `batched_generation.generate_batch`: row ``i`` reads conversation
+``i``'s memory, and each row's chunks go to its own stream as they become final. Requests that
+arrive while a batch runs form the next one.
+
+A caller may `announce` a request before it has its prompt ready (rendering, waiting for its
+conversation's pending write); a batch about to start then waits for announced requests, at
+most ``max_wait`` seconds. A request nobody else announced alongside starts at once, so a lone
+conversation pays nothing for batching.
 
 The caller keeps its conversation's scope held while it waits (the state is read, never
 written, by the batch), so nothing else changes that state mid-reply.
@@ -28,7 +32,7 @@ from .generation import GenerationChunk, GenerationResult, GenerationSettings, L
 from .state import MemoryState
 
 DEFAULT_MAX_BATCH = 8
-DEFAULT_MAX_WAIT = 0.005  # seconds
+DEFAULT_MAX_WAIT = 0.05  # seconds, spent only while announced requests are on their way
 
 
 @dataclass
@@ -61,13 +65,32 @@ class BatchedStream(Iterator[GenerationChunk]):
         raise StopIteration
 
 
+class Announcement:
+    """A request on its way to `MicroBatcher.submit` (released by it, or by `release`)."""
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self._batcher = batcher
+        self.released = False
+
+    def release(self) -> None:
+        """Withdraw it (the request will not come, e.g. its call failed); idempotent."""
+        with self._batcher._ready:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        if not self.released:
+            self.released = True
+            self._batcher._announced -= 1
+            self._batcher._ready.notify_all()
+
+
 class MicroBatcher:
     """Groups concurrent generation requests on one engine into batched forwards.
 
     Args:
         engine: the loaded backbone + adapter.
         max_batch_size: most rows per batch (1 = every request decodes alone).
-        max_wait: seconds the first request of a batch waits for others to join.
+        max_wait: seconds a batch waits for announced requests to join it.
     """
 
     def __init__(
@@ -83,10 +106,18 @@ class MicroBatcher:
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.max_wait = float(max_wait)
-        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._ready = threading.Condition()
+        self._waiting: list[_Job] = []
+        self._announced = 0
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batch_sizes: list[int] = []  # rows of each batch run (for benchmarks and tests)
+
+    def announce(self) -> Announcement:
+        """Say a request is coming; pass the result to `submit` (or `release` it)."""
+        with self._ready:
+            self._announced += 1
+        return Announcement(self)
 
     def submit(
         self,
@@ -94,6 +125,7 @@ class MicroBatcher:
         settings: GenerationSettings,
         state: MemoryState,
         logits_processor: LogitsProcessor | None = None,
+        announcement: Announcement | None = None,
     ) -> BatchedStream:
         """Queue one reply reading ``state`` (one conversation); returns its stream.
 
@@ -112,7 +144,11 @@ class MicroBatcher:
             else ("done", (outcome, job.ratio))
         )
         self._ensure_thread()
-        self._queue.put(job)
+        with self._ready:
+            self._waiting.append(job)
+            if announcement is not None:
+                announcement._release_locked()
+            self._ready.notify_all()
         return BatchedStream(job)
 
     def _ensure_thread(self) -> None:
@@ -125,16 +161,17 @@ class MicroBatcher:
 
     def _serve(self) -> None:
         while True:
-            jobs = [self._queue.get()]
-            deadline = time.monotonic() + self.max_wait
-            while len(jobs) < self.max_batch_size:
-                left = deadline - time.monotonic()
-                try:
-                    jobs.append(
-                        self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
-                    )
-                except queue.Empty:
-                    break
+            with self._ready:
+                while not self._waiting:
+                    self._ready.wait()
+                deadline = time.monotonic() + self.max_wait
+                while len(self._waiting) < self.max_batch_size and self._announced > 0:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._ready.wait(left)
+                jobs = self._waiting[: self.max_batch_size]
+                del self._waiting[: self.max_batch_size]
             self._run(jobs)
 
     def _run(self, jobs: list[_Job]) -> None:

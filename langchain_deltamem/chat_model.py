@@ -52,7 +52,7 @@ from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from .backbones import EMBEDDED_BACKBONE
-from .batcher import get_batcher
+from .batcher import Announcement, get_batcher
 from .engine import DeltaMemEngine, get_engine
 from .generation import GenerationSettings
 from .json_constraint import JsonSchemaConstraint
@@ -111,8 +111,9 @@ class ChatDeltaMem(BaseChatModel):
     """Write each turn into memory after the reply (in the background; see `DeltaMemory`)."""
     max_batch_size: int = Field(8, ge=1)
     """Most concurrent replies decoded together in one batch (1 = each alone)."""
-    batch_wait: float = Field(0.005, ge=0.0, le=10.0)
-    """Seconds a reply waits for concurrent ones to join its batch."""
+    batch_wait: float = Field(0.05, ge=0.0, le=10.0)
+    """Seconds a batch waits for concurrent replies already on their way (a reply with none
+    alongside starts at once)."""
     memory: DeltaMemory | None = Field(default=None, exclude=True)
     """The memory to use; None = one shared in-process memory per backbone/adapter/dtype."""
 
@@ -236,6 +237,22 @@ class ChatDeltaMem(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         if not messages:
             raise ValueError("ChatDeltaMem needs at least one message")
+        engine = self.engine
+        # tell the batcher a reply is coming (a batch starting meanwhile waits for it)
+        announcement = get_batcher(engine, self.max_batch_size, self.batch_wait).announce()
+        try:
+            yield from self._reply(messages, stop, run_manager, announcement, **kwargs)
+        finally:
+            announcement.release()
+
+    def _reply(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        announcement: Announcement,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         # fail before any work on unknown roles, non-text blocks or oversized messages
         converted = [message_to_dict(message) for message in messages]
         engine = self.engine
@@ -264,7 +281,7 @@ class ChatDeltaMem(BaseChatModel):
 
         batcher = get_batcher(engine, self.max_batch_size, self.batch_wait)
         with memory.held(scope=scope) as state:  # the scope's pending writes are applied first
-            stream = batcher.submit(input_ids, settings, state, constraint)
+            stream = batcher.submit(input_ids, settings, state, constraint, announcement)
             for piece in stream:
                 if buffer_for_tools or not piece.text:
                     continue
