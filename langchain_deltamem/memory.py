@@ -90,6 +90,9 @@ class _Scope:
     lock: threading.RLock = field(default_factory=threading.RLock)
     last_ratio: dict[int, dict[str, float]] = field(default_factory=dict)
     pending: list[list[dict[str, str]]] = field(default_factory=list)  # logged, not yet written
+    # (state bytes, pending calls) the state was last settled from: a snapshot taken before or
+    # after the background write is then the same record (process-local, never stored)
+    origin: tuple[bytes, list[list[dict[str, str]]]] | None = None
 
 
 def message_to_dict(message: BaseMessage | Mapping[str, Any]) -> dict[str, str]:
@@ -249,6 +252,8 @@ class DeltaMemory:
     def _commit(self, scope: str, record: _Scope, **changes: Any) -> None:
         """Store the scope with ``changes``, then apply them here: a store write that fails
         leaves the scope unchanged in both places (never a process ahead of its store)."""
+        if "state" in changes:
+            changes.setdefault("origin", None)
         if self.store is not None:
             updated = dataclasses.replace(record, **changes)
             self.store.put(self.namespace, scope, self._to_json(updated))
@@ -407,7 +412,10 @@ class DeltaMemory:
                     warn=False,
                 )
         for (name, record), state, done in zip(items, states, calls, strict=True):
-            self._commit(name, record, state=state, log=[*record.log, *done], pending=[])
+            origin = (record.state.to_bytes(), done)
+            self._commit(
+                name, record, state=state, log=[*record.log, *done], pending=[], origin=origin
+            )
 
     def check_message_sizes(self, messages: Sequence[Mapping[str, str]]) -> None:
         """Raise `MemoryLimitError` if a message is longer than ``max_message_chars``
@@ -557,17 +565,24 @@ class DeltaMemory:
     ) -> dict[str, Any]:
         """The scope's state as a fixed-size record for a graph checkpoint: the state bytes and
         the keys of the last ``keys`` messages written (for new-message detection), without
-        the segment log, so its size does not grow with the conversation."""
-        with self._scope(self.scope_of(config, scope)) as record:
-            state = record.state.to_bytes()
+        the segment log, so its size does not grow with the conversation.
+
+        It does not wait for the scope's pending writes: their messages go into the snapshot
+        (``pending``) with the state before them, and `restore` applies them. The snapshot is
+        the same whether or not the background writer has applied them yet."""
+        with self._scope(self.scope_of(config, scope), settle=False) as record:
+            state, pending = _unsettled(record)
             kept = list(record.keys[-keys:]) if keys > 0 else []
-            return {
+            snapshot = {
                 "format": SNAPSHOT_FORMAT,
                 "version": SCOPE_VERSION,
                 "state": state,
                 "keys": kept,
-                _CHECKSUM: _checksum(SNAPSHOT_FORMAT, state, None, kept),
+                _CHECKSUM: _checksum(SNAPSHOT_FORMAT, state, None, kept, pending),
             }
+            if pending:
+                snapshot[_PENDING] = pending
+            return snapshot
 
     def restore(
         self,
@@ -587,7 +602,7 @@ class DeltaMemory:
             raise MemoryRecordError(
                 f"{where}: unsupported snapshot version {snapshot.get('version')!r}"
             )
-        unknown = sorted(set(snapshot) - _SNAPSHOT_FIELDS - {_CHECKSUM}, key=str)
+        unknown = sorted(set(snapshot) - _SNAPSHOT_FIELDS - {_CHECKSUM, _PENDING}, key=str)
         if unknown:
             raise MemoryRecordError(f"{where}: unknown field(s) {unknown!r:.200}")
         raw, keys = snapshot.get("state"), snapshot.get("keys")
@@ -597,21 +612,35 @@ class DeltaMemory:
             raise MemoryRecordError(
                 f"{where}: 'keys' must be a list of at most {_KEY_HISTORY} message keys"
             )
+        pending = snapshot.get(_PENDING, [])
+        if not _valid_log(pending):
+            raise MemoryRecordError(f"{where}: 'pending' is not a list of write calls")
         if _CHECKSUM in snapshot and snapshot[_CHECKSUM] != _checksum(
-            SNAPSHOT_FORMAT, bytes(raw), None, keys
+            SNAPSHOT_FORMAT, bytes(raw), None, keys, pending
         ):
             raise MemoryRecordError(f"{where}: checksum mismatch (altered or damaged)")
         name = self.scope_of(config, scope)
-        with self._scope(name) as record:
+        with self._scope(name, settle=False) as record:
             held_keys = record.keys[-len(keys) :] if keys else []
-            if held_keys == keys and record.state.to_bytes() == bytes(raw):
-                return False  # already there: keep the log
+            if held_keys == keys and _unsettled(record) == (bytes(raw), pending):
+                return False  # already there (written, or still pending): keep the log
             try:
                 state = self.engine.handle.load_state(bytes(raw))
             except MemoryStateError as err:
                 raise MemoryRecordError(f"{where}: {err}") from err
-            self._commit(name, record, state=state, log=[], keys=list(keys), last_ratio={})
-            return True
+            self._commit(
+                name,
+                record,
+                state=state,
+                log=[],
+                keys=list(keys),
+                last_ratio={},
+                pending=[list(call) for call in pending],
+            )
+        if pending:  # applied by the background writer, or by the scope's next operation
+            self._start_writer()
+            self._writes.put(name)
+        return True
 
     def forget(
         self, index: int, *, scope: str | None = None, config: RunnableConfig | None = None
@@ -706,6 +735,16 @@ class DeltaMemory:
                 f"{where}: corrupt memory record (checksum mismatch: altered or damaged)"
             )
         return _Scope(state, log, keys, pending=pending)
+
+
+def _unsettled(record: _Scope) -> tuple[bytes, list[list[dict[str, str]]]]:
+    """The scope as (state before its latest pending writes, those writes): the same whether
+    the background writer has applied them yet or not."""
+    if record.pending:
+        return record.state.to_bytes(), record.pending
+    if record.origin is not None:
+        return record.origin
+    return record.state.to_bytes(), []
 
 
 def _valid_log(log: Any) -> bool:
