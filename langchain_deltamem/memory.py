@@ -519,11 +519,11 @@ class DeltaMemory:
         return sorted(names)
 
     def reset(self, *, scope: str | None = None, config: RunnableConfig | None = None) -> None:
-        """Empty the scope's memory and log."""
+        """Empty the scope's memory and log (pending writes are dropped, not applied)."""
         name = self.scope_of(config, scope)
-        with self._scope(name) as record:
+        with self._scope(name, settle=False) as record:
             state = self.engine.handle.new_state()
-            self._commit(name, record, state=state, log=[], keys=[], last_ratio={})
+            self._commit(name, record, state=state, log=[], keys=[], last_ratio={}, pending=[])
 
     def fork(self, source: str, target: str) -> None:
         """Copy scope ``source`` (state and log) to ``target``, replacing what it held."""
@@ -546,7 +546,7 @@ class DeltaMemory:
             raise MemoryRecordError(f"memory export is not valid JSON: {err}") from err
         incoming = self._from_json(body, where="import")
         name = self.scope_of(config, scope)
-        with self._scope(name) as record:
+        with self._scope(name, settle=False) as record:  # replaced, pending writes too
             self._commit(
                 name,
                 record,
@@ -554,6 +554,7 @@ class DeltaMemory:
                 log=incoming.log,
                 keys=incoming.keys,
                 last_ratio={},
+                pending=incoming.pending,
             )
 
     def snapshot(
