@@ -33,6 +33,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from ..chat_model import ChatDeltaMem
 from ..engine import DeltaMemEngine, get_engine
+from ..generation import cache_kwargs, output_cache
 from ..memory import DeltaMemory
 from .turns import conversation
 
@@ -149,6 +150,29 @@ async def _gather(model: ChatDeltaMem, plans: list[dict], records: list[dict]) -
     await asyncio.gather(*(one(c, plan) for c, plan in enumerate(plans)))
 
 
+def forward_costs(engine: DeltaMemEngine, prompt: int = 200, repeats: int = 3) -> dict:
+    """Why batching pays in decoding and not in prefill on a CPU: seconds of one prefill of
+    ``prompt`` tokens and of one decode step (on that cache), at batch 1, 8 and 16 (best of
+    ``repeats``), reading memory as a turn does."""
+    model, handle = engine.model, engine.handle
+    out: dict[str, dict[int, float]] = {"prefill": {}, "decode": {}}
+    for batch in (1, 8, 16):
+        ids = torch.randint(100, 10_000, (batch, prompt))
+        state = handle.new_state(batch)
+        best_prefill = best_step = float("inf")
+        for _ in range(repeats):
+            with torch.inference_mode(), handle.memory(state, track_corrections=False):
+                t0 = time.perf_counter()
+                first = model(input_ids=ids, use_cache=True)
+                t1 = time.perf_counter()
+                cache = output_cache(first)
+                model(input_ids=ids[:, -1:], use_cache=True, **cache_kwargs(model, cache))
+                t2 = time.perf_counter()
+            best_prefill, best_step = min(best_prefill, t1 - t0), min(best_step, t2 - t1)
+        out["prefill"][batch], out["decode"][batch] = best_prefill, best_step
+    return out
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of sorted ``values``."""
     rank = max(1, -(-len(values) * q // 100))
@@ -186,6 +210,7 @@ def run(
                 f"{row['tps']:.1f} tok/s, p50 {row['p50']:.2f} s, p95 {row['p95']:.2f} s\n"
             )
             log.flush()
+    results["forward_costs"] = forward_costs(engine)
     results["load_average"][1] = _load_average()
     return results
 
@@ -250,6 +275,25 @@ def report(results: dict[str, Any]) -> str:
                 f"| {n} | {mode} | {row['tokens']} | {row['wall']:.1f} s | {row['tps']:.1f} | "
                 f"{row['tps'] / base['tps']:.2f}× | {row['p50']:.2f} s | {row['p95']:.2f} s | "
                 f"{same} |"
+            )
+    costs = results.get("forward_costs")
+    if costs:
+        lines += [
+            "",
+            "Where the time goes (same run; one forward reading memory, best of 3): a prefill "
+            "is compute-bound, so a batch of n prompts costs about n single ones, while a "
+            "decode step is bound by reading the weights, so a batch of n steps costs far less "
+            "than n single ones. Turns whose prompt (and write) tokens outnumber their reply "
+            "tokens gain less from batching.",
+            "",
+            "| batch | prefill of 200 tokens | per row | decode step | per row |",
+            "|---|---|---|---|---|",
+        ]
+        for batch in sorted(costs["prefill"]):
+            p, d = costs["prefill"][batch], costs["decode"][batch]
+            lines.append(
+                f"| {batch} | {p:.2f} s | {p / batch:.3f} s | {d * 1000:.0f} ms | "
+                f"{d * 1000 / batch:.1f} ms |"
             )
     lines.append("")
     return "\n".join(lines)
