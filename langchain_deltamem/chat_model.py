@@ -56,7 +56,7 @@ from .batcher import Announcement, get_batcher
 from .engine import DeltaMemEngine, get_engine
 from .generation import GenerationSettings
 from .json_constraint import JsonSchemaConstraint
-from .memory import DeltaMemory, message_to_dict
+from .memory import DeltaMemory, callback_progress, message_to_dict
 from .tool_calling import (
     normalize_tool_choice,
     parse_tool_calls,
@@ -280,7 +280,9 @@ class ChatDeltaMem(BaseChatModel):
         buffer_for_tools = bool(tools) and mode != "none"
 
         batcher = get_batcher(engine, self.max_batch_size, self.batch_wait)
-        with memory.held(scope=scope) as state:  # the scope's pending writes are applied first
+        progress = callback_progress(run_manager.handlers, scope) if run_manager else None
+        # the scope's pending writes are applied first (their progress goes to the callbacks)
+        with memory.held(scope=scope, progress=progress) as state:
             stream = batcher.submit(input_ids, settings, state, constraint, announcement)
             for piece in stream:
                 if buffer_for_tools or not piece.text:

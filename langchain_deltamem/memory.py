@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from langchain_core.callbacks import CallbackManager, Callbacks
 from langchain_core.messages import AIMessage, BaseMessage, FunctionMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.store.base import BaseStore
@@ -69,6 +70,7 @@ _RECORD_FIELDS = {"format", "version", "state", "log", "keys"}
 _SNAPSHOT_FIELDS = {"format", "version", "state", "keys"}
 _CHECKSUM = "checksum"  # optional in records and snapshots (older ones have none)
 _PENDING = "pending"  # optional in records: write calls logged but not yet in the state
+WRITE_PROGRESS_EVENT = "deltamem_write_progress"
 _PROGRESS_FROM = 4096  # tokens: a write at least this long shows a progress bar on a terminal
 _LOGGER = logging.getLogger(__name__)
 _LOG_ROLES = ("user", "assistant", "tool")  # system messages are never written
@@ -219,7 +221,9 @@ class DeltaMemory:
         return str(thread) if thread is not None else DEFAULT_SCOPE
 
     @contextmanager
-    def _scope(self, scope: str, *, settle: bool = True) -> Iterator[_Scope]:
+    def _scope(
+        self, scope: str, *, settle: bool = True, progress: Progress | None = None
+    ) -> Iterator[_Scope]:
         """Hold the scope; with ``settle`` (every operation but queueing a write), its pending
         writes are applied first."""
         with self._lock:
@@ -234,7 +238,7 @@ class DeltaMemory:
                 self._scopes[scope] = record
         with record.lock:
             if settle and record.pending:
-                self._settle([(scope, record)])
+                self._settle([(scope, record)], progress)
             yield record
 
     def _load(self, scope: str) -> _Scope:
@@ -270,6 +274,7 @@ class DeltaMemory:
         skip_written: bool = False,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        callbacks: Callbacks = None,
     ) -> list[WrittenSegment]:
         """Write messages into the scope's memory, one segment per message (system skipped),
         before returning.
@@ -281,8 +286,11 @@ class DeltaMemory:
                 default a long write shows a tqdm bar when stderr is a terminal.
             cancel: set it (from another thread) to stop the write: `WriteCancelled` is
                 raised and the scope keeps exactly what it held before the call.
+            callbacks: LangChain callbacks that get the progress as custom events
+                (``on_custom_event("deltamem_write_progress", {...})``).
         """
         name = self.scope_of(config, scope)
+        progress = progress or callback_progress(callbacks, name)
         converted = self._convert(messages)
         with self._scope(name) as record:
             converted = self._new_messages(record, converted, skip_written)
@@ -388,7 +396,7 @@ class DeltaMemory:
             for _, record in held:
                 record.lock.release()
 
-    def _settle(self, items: list[tuple[str, _Scope]]) -> None:
+    def _settle(self, items: list[tuple[str, _Scope]], progress: Progress | None = None) -> None:
         """Apply the pending write calls of held scopes, in order: the ``k``-th pending call of
         every scope in one batched forward. A failure leaves every scope as it was."""
         engine = self.engine
@@ -396,7 +404,7 @@ class DeltaMemory:
         calls = [list(record.pending) for _, record in items]
         if len(items) == 1:  # one scope: its calls one by one, with a progress bar if long
             for call in calls[0]:
-                self._write_into(states[0], call, warn=False)
+                self._write_into(states[0], call, progress, warn=False)
         else:
             for k in range(max(len(c) for c in calls)):
                 rows = [i for i, c in enumerate(calls) if k < len(c)]
@@ -482,12 +490,17 @@ class DeltaMemory:
 
     @contextmanager
     def held(
-        self, *, scope: str | None = None, config: RunnableConfig | None = None
+        self,
+        *,
+        scope: str | None = None,
+        config: RunnableConfig | None = None,
+        progress: Progress | None = None,
     ) -> Iterator[MemoryState]:
         """Hold the scope (other calls on it wait) and give its live state, for a caller that
         runs its own read, e.g. a generation loop entering ``handle.memory(state)`` itself.
-        The caller must not write into it; `record_read` keeps the read's correction ratios."""
-        with self._scope(self.scope_of(config, scope)) as record:
+        The caller must not write into it; `record_read` keeps the read's correction ratios.
+        ``progress`` reports the scope's pending writes applied first, if any."""
+        with self._scope(self.scope_of(config, scope), progress=progress) as record:
             yield record.state
 
     def record_read(
@@ -736,6 +749,20 @@ class DeltaMemory:
                 f"{where}: corrupt memory record (checksum mismatch: altered or damaged)"
             )
         return _Scope(state, log, keys, pending=pending)
+
+
+def callback_progress(callbacks: Callbacks, scope: str) -> Progress | None:
+    """A write's progress as LangChain custom events ``deltamem_write_progress`` with
+    ``{"scope", "tokens_written", "tokens_total"}`` (None without callbacks)."""
+    if not callbacks:
+        return None
+    manager = CallbackManager.configure(inheritable_callbacks=callbacks)
+
+    def report(done: int, total: int) -> None:
+        data = {"scope": scope, "tokens_written": done, "tokens_total": total}
+        manager.on_custom_event(WRITE_PROGRESS_EVENT, data)
+
+    return report
 
 
 def _unsettled(record: _Scope) -> tuple[bytes, list[list[dict[str, str]]]]:

@@ -247,3 +247,41 @@ def test_the_settings_of_the_writer_are_checked(engine: DeltaMemEngine) -> None:
         DeltaMemory(engine, write_batch_size=0)
     with pytest.raises(ValueError, match="write_wait"):
         DeltaMemory(engine, write_wait=-0.1)
+
+
+def test_write_progress_reaches_langchain_callbacks(
+    engine: DeltaMemEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A direct write, and a turn's pending write applied when the next turn starts, report
+    their progress to the call's callbacks as ``deltamem_write_progress`` custom events."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Recorder(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.events: list[tuple[str, dict]] = []
+
+        def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+            self.events.append((name, data))
+
+    monkeypatch.setattr(engine.model.config, "max_position_embeddings", 600)  # many forwards
+    memory = DeltaMemory(engine, max_segment_tokens=64)
+    long = [
+        HumanMessage(f"Notes {i}: " + "words about the river and the hill. " * 60) for i in "ab"
+    ]
+    recorder = Recorder()
+    with pytest.warns(UserWarning, match="in pieces"):
+        memory.write(long, scope="s", callbacks=[recorder])
+    assert len(recorder.events) > 1
+    assert {name for name, _ in recorder.events} == {"deltamem_write_progress"}
+    last = recorder.events[-1][1]
+    assert last["scope"] == "s" and last["tokens_written"] == last["tokens_total"]
+    Gate(memory)  # the turn's write stays pending until the next turn applies it
+    model = chat(memory)
+    with pytest.warns(UserWarning, match="in pieces|context budget"):
+        first = model.invoke(long, config=thread("t"))
+    assert memory.pending_writes(scope="t") == 1
+    recorder = Recorder()
+    model.invoke(
+        [*long, first, HumanMessage("And?")], config={**thread("t"), "callbacks": [recorder]}
+    )
+    assert len(recorder.events) > 1 and recorder.events[-1][1]["scope"] == "t"
