@@ -102,6 +102,7 @@ def generate_batch(
     *,
     memory: contextlib.AbstractContextManager[Any] | None = None,
     on_first_forward: Callable[[], None] | None = None,
+    lock: contextlib.AbstractContextManager[Any] | None = None,
 ) -> list[GenerationResult | BaseException]:
     """Decode every request in one batch; returns each row's result, or the exception that
     ended that row alone (e.g. its logits processor failing). An error of the batch as a whole
@@ -113,6 +114,8 @@ def generate_batch(
         memory: a context manager entered around the loop, e.g. ``handle.memory(state)`` with a
             state of ``len(requests)`` conversations (row ``i`` reads conversation ``i``).
         on_first_forward: called once after the prefill, inside the memory block.
+        lock: held around each forward (e.g. `DeltaMemEngine.compute_lock`), so other work
+            on the model can run between decode steps.
     """
     if not requests:
         raise ValueError("generate_batch needs at least one request")
@@ -134,7 +137,7 @@ def generate_batch(
         memory.__enter__()
     exc_info: tuple[Any, Any, Any] = (None, None, None)
     try:
-        _decode(model, rows, eos, device, on_first_forward)
+        _decode(model, rows, eos, device, on_first_forward, lock or contextlib.nullcontext())
     except BaseException:
         exc_info = sys.exc_info()
         raise
@@ -150,6 +153,7 @@ def _decode(
     eos: frozenset[int],
     device: torch.device,
     on_first_forward: Callable[[], None] | None,
+    lock: contextlib.AbstractContextManager[Any],
 ) -> None:
     lengths = [row.prompt.numel() for row in rows]
     width = max(lengths)
@@ -160,7 +164,8 @@ def _decode(
         mask[i, width - lengths[i] :] = 1
     positions = (mask.cumsum(-1) - 1).clamp_min(0)  # [B, L]: each row from 0
     keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    logits, cache = _forward(model, ids, mask, positions, None, keep)
+    with lock:
+        logits, cache = _forward(model, ids, mask, positions, None, keep)
     if on_first_forward is not None:
         on_first_forward()
     next_position = torch.tensor(lengths, device=device)[:, None]  # [B, 1]
@@ -172,7 +177,8 @@ def _decode(
         if all(row.done for row in rows):
             return
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-        logits, cache = _forward(model, step, mask, next_position, cache, {})
+        with lock:
+            logits, cache = _forward(model, step, mask, next_position, cache, {})
         next_position = next_position + 1
 
 

@@ -194,6 +194,7 @@ class MicroBatcher:
                 [job.request for job in jobs],
                 memory=handle.memory(state),
                 on_first_forward=after_prefill,
+                lock=self.engine.compute_lock,
             )
         except BaseException as err:  # the batch failed: rows not yet ended get the error
             for job in jobs:

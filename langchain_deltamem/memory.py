@@ -418,6 +418,7 @@ class DeltaMemory:
                     max_segment_tokens=self.max_segment_tokens,
                     max_forward_tokens=engine.context_length,
                     warn=False,
+                    lock=engine.compute_lock,
                 )
         for (name, record), state, done in zip(items, states, calls, strict=True):
             origin = (record.state.to_bytes(), done)
@@ -472,6 +473,7 @@ class DeltaMemory:
                 progress=progress,
                 cancel=cancel,
                 warn=warn,
+                lock=engine.compute_lock,  # one serving forward at a time (DeltaMemEngine)
             )
         finally:
             if bar is not None:

@@ -14,11 +14,13 @@ wrote one mean per message in training but token by token at run time). Per call
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,6 +108,7 @@ def write_messages(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     warn: bool = True,
+    lock: contextlib.AbstractContextManager[Any] | None = None,
 ) -> list[WrittenSegment]:
     """Write ``messages`` into ``state`` (batch of one), one segment per message.
 
@@ -130,6 +133,7 @@ def write_messages(
         cancel: checked before each forward; once set, `WriteCancelled` is raised (the state
             then holds the forwards already run: write into a copy to discard them).
         warn: warn about messages written in pieces (off when that was said at queue time).
+        lock: held around each forward (e.g. `DeltaMemEngine.compute_lock`).
 
     Returns:
         The segments written, in order (the replay log).
@@ -150,16 +154,17 @@ def write_messages(
     for forward in forwards:
         if cancel is not None and cancel.is_set():
             raise WriteCancelled(f"write cancelled after {done} of {total} tokens")
-        _forward_write(
-            handle,
-            state,
-            forward.encoded.input_ids,
-            forward.encoded.segment_ids,
-            forward.routes,
-            grad,
-            gate_log,
-            detach_inputs,
-        )
+        with lock or contextlib.nullcontext():
+            _forward_write(
+                handle,
+                state,
+                forward.encoded.input_ids,
+                forward.encoded.segment_ids,
+                forward.routes,
+                grad,
+                gate_log,
+                detach_inputs,
+            )
         written.extend(forward.segments)
         done += forward.tokens
         if progress is not None:
@@ -218,6 +223,7 @@ def write_messages_batch(
     max_segment_tokens: int = 1024,
     max_forward_tokens: int | None = None,
     warn: bool = True,
+    lock: contextlib.AbstractContextManager[Any] | None = None,
 ) -> list[list[WrittenSegment]]:
     """`write_messages` for several conversations at once: conversation ``i``'s messages into
     ``states[i]`` (each a batch of one), as batched forwards.
@@ -243,7 +249,8 @@ def write_messages_batch(
     ]
     for step in range(max((len(p) for p in plans), default=0)):
         rows = [i for i, plan in enumerate(plans) if step < len(plan)]
-        _forward_write_batch(handle, [states[i] for i in rows], [plans[i][step] for i in rows])
+        with lock or contextlib.nullcontext():
+            _forward_write_batch(handle, [states[i] for i in rows], [plans[i][step] for i in rows])
     return [[seg for forward in plan for seg in forward.segments] for plan in plans]
 
 
