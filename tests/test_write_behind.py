@@ -285,3 +285,18 @@ def test_write_progress_reaches_langchain_callbacks(
         [*long, first, HumanMessage("And?")], config={**thread("t"), "callbacks": [recorder]}
     )
     assert len(recorder.events) > 1 and recorder.events[-1][1]["scope"] == "t"
+
+
+def test_pending_writes_are_applied_at_process_exit(engine: DeltaMemEngine) -> None:
+    """The exit hook (registered with atexit) applies what every live memory still holds."""
+    from langchain_deltamem import memory as memory_module
+
+    store = InMemoryStore()
+    memory = DeltaMemory(engine, store=store)
+    Gate(memory)
+    memory.write_later([HumanMessage("a note written at exit")], scope="s")
+    assert "pending" in store.get(DEFAULT_NAMESPACE, "s").value
+    memory_module._flush_at_exit()
+    assert memory.pending_writes(scope="s") == 0
+    assert "pending" not in store.get(DEFAULT_NAMESPACE, "s").value
+    assert memory.stats(scope="s")["segments"] == 1
