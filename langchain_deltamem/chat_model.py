@@ -10,11 +10,15 @@ Input → output flow of one turn (``invoke``/``stream``/``batch`` and their asy
    message 500 as at message 5. A prompt that still overflows the context is trimmed from the
    oldest message, with a warning.
 3. The reply is generated token by token reading the scope's memory with writes off (the
-   state is bit-for-bit unchanged by generation). Bound tools are offered through the
+   state is bit-for-bit unchanged by generation). Replies requested together (threads, asyncio
+   tasks) on one loaded model are decoded as one batch (`batcher.MicroBatcher`), each row
+   reading its own conversation's memory. Bound tools are offered through the
    backbone's chat template when it supports them (Qwen3), else through a documented prompt
    format (`tool_calling`); a forced tool call is decoded under a JSON-schema constraint.
 4. After the reply, the turn's new messages (those not yet in the scope's memory) and the reply
-   are written, one segment per message, by the same routine the trainer uses.
+   are queued for writing (`DeltaMemory.write_later`: logged before the reply is returned,
+   in the store if the memory has one) and written in the background, one segment per
+   message, by the same routine the trainer uses; the scope's next turn waits for them.
 
 Weights load on first use and are shared by every instance in the process that names the same
 backbone, adapter and dtype.
@@ -60,10 +64,11 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from .backbones import EMBEDDED_BACKBONE
+from .batcher import Announcement, get_batcher
 from .engine import DeltaMemEngine, get_engine
-from .generation import GenerationSettings, stream_generate
+from .generation import GenerationSettings
 from .json_constraint import JsonSchemaConstraint
-from .memory import DeltaMemory, message_to_dict
+from .memory import DeltaMemory, callback_progress, message_to_dict
 from .tool_calling import (
     normalize_tool_choice,
     parse_tool_calls,
@@ -118,7 +123,12 @@ class ChatDeltaMem(BaseChatModel):
     system_prompt: str | None = None
     """System message used when the input has none (None = the chat template's default)."""
     write_memory: bool = True
-    """Write each turn into memory after the reply."""
+    """Write each turn into memory after the reply (in the background; see `DeltaMemory`)."""
+    max_batch_size: int = Field(8, ge=1)
+    """Most concurrent replies decoded together in one batch (1 = each alone)."""
+    batch_wait: float = Field(0.05, ge=0.0, le=10.0)
+    """Seconds a batch waits for concurrent replies already on their way (a reply with none
+    alongside starts at once)."""
     memory: DeltaMemory | None = Field(default=None, exclude=True)
     """The memory to use; None = one shared in-process memory per backbone/adapter/dtype.
     Not part of the serialised model (a store is not data): pass it again after loading."""
@@ -299,6 +309,22 @@ class ChatDeltaMem(BaseChatModel):
                 f"ChatDeltaMem cannot switch to model={kwargs['model']!r} per call (its weights "
                 "are loaded once); build another ChatDeltaMem(backbone=...) for it"
             )
+        engine = self.engine
+        # tell the batcher a reply is coming (a batch starting meanwhile waits for it)
+        announcement = get_batcher(engine, self.max_batch_size, self.batch_wait).announce()
+        try:
+            yield from self._reply(messages, stop, run_manager, announcement, **kwargs)
+        finally:
+            announcement.release()
+
+    def _reply(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        announcement: Announcement,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         # fail before any work on unknown roles, non-text blocks or oversized messages
         converted = [message_to_dict(message) for message in messages]
         engine = self.engine
@@ -335,39 +361,22 @@ class ChatDeltaMem(BaseChatModel):
             constraint = JsonSchemaConstraint(engine.tokenizer, tools, forced, max_tokens=budget)
         buffer_for_tools = bool(tools) and mode != "none"
 
-        handle = engine.handle
-        runs: list[Any] = []
-
-        def stop_tracking() -> None:  # correction norms on the prompt's prefill only
-            active = handle.active_run()
-            if active is not None:
-                runs.append(active)
-                active.track_corrections = False
-
-        with memory.held(scope=scope) as state:
-            stream = stream_generate(
-                engine.model,
-                engine.tokenizer,
-                input_ids,
-                settings,
-                logits_processor=constraint,
-                memory=handle.memory(state),
-                on_first_forward=stop_tracking,
-            )
-            while True:
-                try:
-                    piece = next(stream)
-                except StopIteration as done:
-                    result = done.value
-                    break
+        batcher = get_batcher(engine, self.max_batch_size, self.batch_wait)
+        progress = callback_progress(run_manager.handlers, scope) if run_manager else None
+        # the scope's pending writes are applied first (their progress goes to the callbacks)
+        with memory.held(scope=scope, progress=progress) as state:
+            stream = batcher.submit(input_ids, settings, state, constraint, announcement)
+            for piece in stream:
                 if buffer_for_tools or not piece.text:
                     continue
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
                 if run_manager is not None:
                     run_manager.on_llm_new_token(piece.text, chunk=chunk)
                 yield chunk
-        if runs:
-            memory.record_read(runs[0], scope=scope)
+        result = stream.result
+        if result is None:  # the batcher always ends a stream with a result or an error
+            raise RuntimeError("the reply stream ended without a result")
+        memory.record_read(stream.correction_ratio, scope=scope)
 
         text, calls = (result.text, [])
         if buffer_for_tools:
@@ -397,11 +406,11 @@ class ChatDeltaMem(BaseChatModel):
         final = ChatGenerationChunk(message=last, generation_info={"finish_reason": finish})
         if run_manager is not None and buffer_for_tools and text:
             run_manager.on_llm_new_token(text, chunk=final)
-        yield final
-        if self.write_memory:
+        if self.write_memory:  # logged (durably, with a store) before the reply is handed out
             reply = AIMessage(content=text if buffer_for_tools else result.text, tool_calls=valid)
             turn = [m for m in messages if not isinstance(m, SystemMessage)]
-            memory.write([*turn, reply], scope=scope, skip_written=True)
+            memory.write_later([*turn, reply], scope=scope, skip_written=True)
+        yield final
 
     async def _astream(
         self,

@@ -16,14 +16,20 @@ def main(argv: list[str] | None = None) -> None:
 
     chat_cli.add_arguments(chat)
     bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios")
-    bench.add_argument("which", choices=["core", "turns", "cost", "grammar"])
+    bench.add_argument(
+        "which", choices=["core", "turns", "cost", "latency", "batching", "grammar"]
+    )
     bench.add_argument("--out")
     bench.add_argument(
         "--repeats", type=int, default=None, help="default: 5 (core), 3 (turns, cost)"
     )
-    bench.add_argument("--turns", type=int, default=None, help="cost: turns (default 500)")
+    bench.add_argument(
+        "--turns", type=int, default=None, help="cost: turns (500); latency: late turn (200)"
+    )
     bench.add_argument("--points", help="cost: measured turns, e.g. 1,10,20")
-    bench.add_argument("--cache", help="cost: resume directory")
+    bench.add_argument("--cache", help="cost, latency: resume directory")
+    bench.add_argument("--sizes", help="batching: conversation counts, e.g. 1,2,4,8,16")
+    bench.add_argument("--max-tokens", type=int, default=None, help="batching: per reply")
     from .training import run as train_run
 
     train_run.add_arguments(sub.add_parser("train", help="train an adapter (CPU by default)"))
@@ -78,6 +84,14 @@ def main(argv: list[str] | None = None) -> None:
         from .bench import grammar
 
         grammar.main(out=args.out, repeats=args.repeats or 5)
+    elif args.command == "bench" and args.which == "latency":
+        from .bench.__main__ import run_latency
+
+        run_latency(args)
+    elif args.command == "bench" and args.which == "batching":
+        from .bench.__main__ import run_batching
+
+        run_batching(args)
     elif args.command == "bench" and args.which == "turns":
         from .bench import turns
 

@@ -8,7 +8,7 @@ The engine holds no conversation: states live in `MemoryState` objects handed to
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,13 +31,20 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass
 class DeltaMemEngine:
-    """A frozen backbone with its attached adapter."""
+    """A frozen backbone with its attached adapter.
+
+    ``compute_lock`` is held around each serving forward (a decode step of a batch of replies,
+    one forward of a memory write): on a CPU two forwards at once only fight over the same
+    cores (each torch op spreads over all of them), so replies and background writes take
+    turns, forward by forward.
+    """
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     handle: DeltaMem
     backbone: str
     adapter: str
+    compute_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def context_length(self) -> int:

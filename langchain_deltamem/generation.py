@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import math
 import sys
@@ -302,8 +303,23 @@ def _forward(
     model: Any, ids: torch.Tensor, cache: Any, extra: dict[str, Any]
 ) -> tuple[torch.Tensor, Any]:
     with torch.inference_mode():
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
-    return out.logits[0, -1], out.past_key_values
+        out = model(input_ids=ids, use_cache=True, **cache_kwargs(model, cache), **extra)
+    return out.logits[0, -1], output_cache(out)
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV-cache argument under the name the installed transformers reads: ``cache``
+    (``past_key_values`` is deprecated, warns, and goes in transformers 5.40), or the old
+    name for a model whose ``forward`` does not take ``cache``."""
+    if cache is None:
+        return {}
+    return {"cache" if _accepts(model, "cache") else "past_key_values": cache}
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache of a forward's output, without touching the deprecated attribute."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out["past_key_values"]
 
 
 def _next_token(
@@ -416,10 +432,17 @@ def _model_device(model: Any) -> torch.device:
 
 
 def _accepts(model: Any, name: str) -> bool:
+    return name in _forward_parameters(type(model))
+
+
+@functools.cache
+def _forward_parameters(model_type: type) -> frozenset[str]:
+    """Parameter names of a model class's ``forward`` (looked up once per class: the decode
+    loop asks on every step)."""
     try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+        return frozenset(inspect.signature(model_type.forward).parameters)
+    except (TypeError, ValueError, AttributeError):
+        return frozenset()
 
 
 def _is_int(value: object) -> bool:

@@ -16,7 +16,10 @@ How one agent step works (hand-built `StateGraph` with `agent_node`, or `create_
    to the dialogue state, each `ToolMessage` to its tool's MSW state (`SourceRouter`; with an
    H = 1 adapter everything shares the single state).
 4. The new snapshot goes back into ``deltamem`` (a dict of bytes and strings: the standard
-   checkpointers store it with msgpack, no pickle; its size is fixed), and with
+   checkpointers store it with msgpack, no pickle). The step does not wait for its write: the
+   snapshot holds the state before it plus the step's messages as ``pending``, which
+   `DeltaMemory.restore` (or the memory's background writer) applies, so its size is the fixed
+   state plus one step's messages. With
    ``keep_messages`` the messages older than the last ``keep_messages`` are removed from the
    graph state with `RemoveMessage` (they live on in memory), so checkpoints stop growing.
 """

@@ -15,22 +15,38 @@ always applied to the latest stored record and none is lost.
 
 There is no implicit shared scope: an operation without a scope or thread id is refused unless
 the memory was built with an explicit ``default_scope``.
+
+Writes off the reply's path: `write_later` puts a turn's messages into the scope's *pending*
+list (and, with a store, into the stored record, before it returns) and leaves the forward to a
+background writer, which applies the pending writes of several scopes as one batched forward.
+Every other operation on a scope first applies that scope's pending writes (in order), so a
+conversation always sees its own last turn, while other scopes never wait for it. A record
+stored with pending writes (the process died before applying them) gets them applied when it is
+next used: the state and its pending list are stored together, so nothing is lost and nothing
+is applied twice. `flush` applies everything pending now; live memories flush at process exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import dataclasses
 import hashlib
 import json
+import logging
+import queue
 import re
+import sys
 import threading
+import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from langchain_core.callbacks import CallbackManager, Callbacks
 from langchain_core.messages import AIMessage, BaseMessage, FunctionMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.store.base import BaseStore
@@ -40,7 +56,15 @@ from .injection import MemoryRun
 from .state import MemoryState, MemoryStateError
 from .store_locks import ScopeLock, scope_lock_for
 from .tool_calling import content_text, message_role
-from .writing import MEMORY_SYSTEM_PROMPT, SourceRouter, WrittenSegment, write_messages
+from .writing import (
+    MEMORY_SYSTEM_PROMPT,
+    Progress,
+    SourceRouter,
+    WrittenSegment,
+    warn_long_messages,
+    write_messages,
+    write_messages_batch,
+)
 
 SCOPE_FORMAT = "langchain-deltamem/scope"
 SCOPE_VERSION = 1
@@ -52,6 +76,10 @@ _KEY_PATTERN = re.compile(r"[0-9a-f]{16}")  # what `message_key` gives
 _RECORD_FIELDS = {"format", "version", "state", "log", "keys"}
 _SNAPSHOT_FIELDS = {"format", "version", "state", "keys"}
 _CHECKSUM = "checksum"  # optional in records and snapshots (older ones have none)
+_PENDING = "pending"  # optional in records: write calls logged but not yet in the state
+WRITE_PROGRESS_EVENT = "deltamem_write_progress"
+_PROGRESS_FROM = 4096  # tokens: a write at least this long shows a progress bar on a terminal
+_LOGGER = logging.getLogger(__name__)
 _LOG_ROLES = ("user", "assistant", "tool")  # system messages are never written
 
 
@@ -74,6 +102,10 @@ class _Scope:
     keys: list[str] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
     last_ratio: dict[int, dict[str, float]] = field(default_factory=dict)
+    pending: list[list[dict[str, str]]] = field(default_factory=list)  # logged, not yet written
+    # (state bytes, pending calls) the state was last settled from: a snapshot taken before or
+    # after the background write is then the same record (process-local, never stored)
+    origin: tuple[bytes, list[list[dict[str, str]]]] | None = None
 
 
 def message_to_dict(message: BaseMessage | Mapping[str, Any]) -> dict[str, str]:
@@ -131,6 +163,9 @@ class DeltaMemory:
         default_scope: the scope of a call that names none and has no thread id. None (the
             default) refuses such calls: a server that forgets the config must not mix its
             users' memories in one shared scope.
+        write_batch_size: most scopes whose pending writes the background writer applies in
+            one batched forward.
+        write_wait: seconds the background writer waits for more scopes to batch with.
     """
 
     def __init__(
@@ -146,6 +181,8 @@ class DeltaMemory:
         max_segments_per_write: int | None = 1024,
         max_scopes: int | None = 100_000,
         default_scope: str | None = None,
+        write_batch_size: int = 8,
+        write_wait: float = 0.005,
     ) -> None:
         self._engine = engine
         self.store = store
@@ -169,6 +206,15 @@ class DeltaMemory:
         self._scopes: dict[str, _Scope] = {}
         self._lock = threading.Lock()
         self._store_lock: ScopeLock = scope_lock_for(store)
+        if not isinstance(write_batch_size, int) or write_batch_size < 1:
+            raise ValueError(f"write_batch_size must be an integer >= 1, got {write_batch_size!r}")
+        if not isinstance(write_wait, int | float) or not 0 <= write_wait <= 10:
+            raise ValueError(f"write_wait must be seconds in [0, 10], got {write_wait!r}")
+        self.write_batch_size = write_batch_size
+        self.write_wait = float(write_wait)
+        self._writes: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        _LIVE.add(self)
 
     # --- plumbing -----------------------------------------------------------------------
     @property
@@ -210,9 +256,17 @@ class DeltaMemory:
         return self.scope_of(config, scope, self.default_scope)
 
     @contextmanager
-    def _scope(self, scope: str, *, change: bool = False) -> Iterator[_Scope]:
+    def _scope(
+        self,
+        scope: str,
+        *,
+        change: bool = False,
+        settle: bool = True,
+        progress: Progress | None = None,
+    ) -> Iterator[_Scope]:
         """Hold the scope in this process (and, for a ``change``, in every process sharing the
-        store) with its record as the store has it now."""
+        store) with its record as the store has it now; with ``settle`` (every operation but
+        queueing a write), its pending writes are applied first (a change too)."""
         with self._lock:
             record = self._scopes.get(scope)
             fresh = record is None
@@ -224,13 +278,26 @@ class DeltaMemory:
                     )
                 record = self._load(scope)
                 self._scopes[scope] = record
-        with record.lock:
-            held = self._store_lock.hold(self.namespace, scope) if change else nullcontext()
-            with held:
-                if self.store is not None and (change or not fresh):
-                    latest = self._load(scope)  # another process may have written since
-                    record.state, record.log, record.keys = latest.state, latest.log, latest.keys
-                yield record
+        with record.lock, ExitStack() as held:
+            if change:
+                held.enter_context(self._store_lock.hold(self.namespace, scope))
+            if self.store is not None and (change or not fresh):
+                self._refresh(scope, record)  # another process may have written since
+            if settle and record.pending:
+                if not change and self.store is not None:
+                    held.enter_context(self._store_lock.hold(self.namespace, scope))
+                    self._refresh(scope, record)
+                if record.pending:
+                    self._settle([(scope, record)], progress)
+            yield record
+
+    def _refresh(self, scope: str, record: _Scope) -> None:
+        """Bring the held record up to the store's latest version of it."""
+        latest = self._load(scope)
+        if latest.state.to_bytes() != record.state.to_bytes() or latest.pending != record.pending:
+            record.origin = None
+        record.state, record.log, record.keys = latest.state, latest.log, latest.keys
+        record.pending = latest.pending
 
     def _load(self, scope: str) -> _Scope:
         if self.store is not None:
@@ -247,6 +314,8 @@ class DeltaMemory:
     def _commit(self, scope: str, record: _Scope, **changes: Any) -> None:
         """Store the scope with ``changes``, then apply them here: a store write that fails
         leaves the scope unchanged in both places (never a process ahead of its store)."""
+        if "state" in changes:
+            changes.setdefault("origin", None)
         if self.store is not None:
             updated = dataclasses.replace(record, **changes)
             self.store.put(self.namespace, scope, self._to_json(updated))
@@ -261,32 +330,166 @@ class DeltaMemory:
         scope: str | None = None,
         config: RunnableConfig | None = None,
         skip_written: bool = False,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+        callbacks: Callbacks = None,
     ) -> list[WrittenSegment]:
-        """Write messages into the scope's memory, one segment per message (system skipped).
+        """Write messages into the scope's memory, one segment per message (system skipped),
+        before returning.
 
         Args:
             skip_written: write only the messages after the last one this scope already holds
                 (what a chat model handed the whole history needs).
+            progress: called after each forward with (tokens written, tokens to write); by
+                default a long write shows a tqdm bar when stderr is a terminal.
+            cancel: set it (from another thread) to stop the write: `WriteCancelled` is
+                raised and the scope keeps exactly what it held before the call.
+            callbacks: LangChain callbacks that get the progress as custom events
+                (``on_custom_event("deltamem_write_progress", {...})``).
         """
-        converted = [message_to_dict(m) for m in messages]
-        converted = [m for m in converted if m["role"] != "system"]
-        self.check_message_sizes(converted)
         name = self._name(config, scope)
+        progress = progress or callback_progress(callbacks, name)
+        converted = self._convert(messages)
         with self._scope(name, change=True) as record:
-            if skip_written:
-                converted = _unwritten(converted, record.keys)
+            converted = self._new_messages(record, converted, skip_written)
             if not converted:
                 return []
-            cap = self.max_segments_per_write
-            if cap is not None and len(converted) > cap:
-                raise MemoryLimitError(
-                    f"{len(converted)} messages in one write exceed max_segments_per_write={cap}"
-                )
             state = record.state.clone()  # write a copy: a failure leaves the scope untouched
-            written = self._write_into(state, converted)
+            written = self._write_into(state, converted, progress, cancel)
             keys = (record.keys + [message_key(m) for m in converted])[-_KEY_HISTORY:]
             self._commit(name, record, state=state, log=[*record.log, converted], keys=keys)
             return written
+
+    def write_later(
+        self,
+        messages: Sequence[BaseMessage | Mapping[str, Any]],
+        *,
+        scope: str | None = None,
+        config: RunnableConfig | None = None,
+        skip_written: bool = False,
+    ) -> list[dict[str, str]]:
+        """Queue a write: the messages are checked, logged as the scope's pending write (in the
+        store too, if there is one) and returned at once; the background writer applies them.
+        The scope's next operation (read, write, export, …) waits for them.
+
+        Returns:
+            The messages queued (after ``skip_written``), as memory segments.
+        """
+        name = self._name(config, scope)
+        converted = self._convert(messages)
+        with self._scope(name, change=True, settle=False) as record:
+            converted = self._new_messages(record, converted, skip_written)
+            if not converted:
+                return []
+            warn_long_messages(self.engine.tokenizer, converted, self.max_segment_tokens)
+            keys = (record.keys + [message_key(m) for m in converted])[-_KEY_HISTORY:]
+            self._commit(name, record, pending=[*record.pending, converted], keys=keys)
+        self._start_writer()
+        self._writes.put(name)
+        return converted
+
+    def flush(self, *, scope: str | None = None, config: RunnableConfig | None = None) -> None:
+        """Apply the pending writes now (of one scope, or of all when neither ``scope`` nor a
+        ``thread_id`` is given), waiting for those the background writer is applying."""
+        explicit = scope is not None or ((config or {}).get("configurable") or {}).get("thread_id")
+        names = [self._name(config, scope)] if explicit else list(self._scopes)
+        for name in names:
+            record = self._scopes.get(name)
+            if record is not None:
+                with self._scope(name):
+                    pass  # entering settles
+
+    def pending_writes(
+        self, *, scope: str | None = None, config: RunnableConfig | None = None
+    ) -> int:
+        """Write calls queued for the scope and not yet applied."""
+        record = self._scopes.get(self._name(config, scope))
+        return 0 if record is None else len(record.pending)
+
+    def _convert(self, messages: Sequence[BaseMessage | Mapping[str, Any]]) -> list[dict[str, str]]:
+        converted = [message_to_dict(m) for m in messages]
+        converted = [m for m in converted if m["role"] != "system"]
+        self.check_message_sizes(converted)
+        return converted
+
+    def _new_messages(
+        self, record: _Scope, converted: list[dict[str, str]], skip_written: bool
+    ) -> list[dict[str, str]]:
+        if skip_written:
+            converted = _unwritten(converted, record.keys)
+        cap = self.max_segments_per_write
+        if cap is not None and len(converted) > cap:
+            raise MemoryLimitError(
+                f"{len(converted)} messages in one write exceed max_segments_per_write={cap}"
+            )
+        return converted
+
+    # --- the background writer ----------------------------------------------------------
+    def _start_writer(self) -> None:
+        with self._lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(
+                    target=_writer_loop,
+                    args=(weakref.ref(self),),
+                    name="deltamem-writer",
+                    daemon=True,
+                )
+                self._writer.start()
+
+    def _settle_some(self, names: list[str]) -> None:
+        """Apply the pending writes of the named scopes that are free now, batched. A scope
+        held by another call is skipped: that call settles it itself."""
+        held: list[tuple[str, _Scope]] = []
+        try:
+            for name in dict.fromkeys(names):
+                record = self._scopes.get(name)
+                if record is not None and record.lock.acquire(blocking=False):
+                    if record.pending:
+                        held.append((name, record))
+                    else:
+                        record.lock.release()
+            if held:
+                with ExitStack() as store_held:  # other processes' writes land first
+                    if self.store is not None:  # in one order in every process: no deadlock
+                        for name, record in sorted(held, key=lambda item: item[0]):
+                            store_held.enter_context(self._store_lock.hold(self.namespace, name))
+                            self._refresh(name, record)
+                    ready = [(name, record) for name, record in held if record.pending]
+                    if ready:
+                        self._settle(ready)
+        finally:
+            for _, record in held:
+                record.lock.release()
+
+    def _settle(self, items: list[tuple[str, _Scope]], progress: Progress | None = None) -> None:
+        """Apply the pending write calls of held scopes, in order: the ``k``-th pending call of
+        every scope in one batched forward. A failure leaves every scope as it was."""
+        engine = self.engine
+        states = [record.state.clone() for _, record in items]
+        calls = [list(record.pending) for _, record in items]
+        if len(items) == 1:  # one scope: its calls one by one, with a progress bar if long
+            for call in calls[0]:
+                self._write_into(states[0], call, progress, warn=False)
+        else:
+            for k in range(max(len(c) for c in calls)):
+                rows = [i for i, c in enumerate(calls) if k < len(c)]
+                write_messages_batch(
+                    engine.handle,
+                    engine.tokenizer,
+                    [states[i] for i in rows],
+                    [calls[i][k] for i in rows],
+                    system_prompt=self.system_prompt,
+                    router=self.router,
+                    max_segment_tokens=self.max_segment_tokens,
+                    max_forward_tokens=engine.context_length,
+                    warn=False,
+                    lock=engine.compute_lock,
+                )
+        for (name, record), state, done in zip(items, states, calls, strict=True):
+            origin = (record.state.to_bytes(), done)
+            self._commit(
+                name, record, state=state, log=[*record.log, *done], pending=[], origin=origin
+            )
 
     def check_message_sizes(self, messages: Sequence[Mapping[str, str]]) -> None:
         """Raise `MemoryLimitError` if a message is longer than ``max_message_chars``
@@ -302,19 +505,44 @@ class DeltaMemory:
                 )
 
     def _write_into(
-        self, state: MemoryState, messages: list[dict[str, str]]
+        self,
+        state: MemoryState,
+        messages: list[dict[str, str]],
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+        warn: bool = True,
     ) -> list[WrittenSegment]:
         engine = self.engine
-        return write_messages(
-            engine.handle,
-            engine.tokenizer,
-            state,
-            messages,
-            system_prompt=self.system_prompt,
-            router=self.router,
-            max_segment_tokens=self.max_segment_tokens,
-            max_forward_tokens=engine.context_length,
-        )
+        bar = None
+        if progress is None and sys.stderr.isatty():
+            chars = sum(len(m["content"]) for m in messages)
+            if chars >= _PROGRESS_FROM * 3:  # ~3 characters a token: worth a bar
+                from tqdm import tqdm
+
+                bar = tqdm(desc="writing to memory", unit="tok", leave=False)
+
+                def progress(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+        try:
+            return write_messages(
+                engine.handle,
+                engine.tokenizer,
+                state,
+                messages,
+                system_prompt=self.system_prompt,
+                router=self.router,
+                max_segment_tokens=self.max_segment_tokens,
+                max_forward_tokens=engine.context_length,
+                progress=progress,
+                cancel=cancel,
+                warn=warn,
+                lock=engine.compute_lock,  # one serving forward at a time (DeltaMemEngine)
+            )
+        finally:
+            if bar is not None:
+                bar.close()
 
     @contextmanager
     def reading(
@@ -329,19 +557,28 @@ class DeltaMemory:
 
     @contextmanager
     def held(
-        self, *, scope: str | None = None, config: RunnableConfig | None = None
+        self,
+        *,
+        scope: str | None = None,
+        config: RunnableConfig | None = None,
+        progress: Progress | None = None,
     ) -> Iterator[MemoryState]:
         """Hold the scope (other calls on it wait) and give its live state, for a caller that
         runs its own read, e.g. a generation loop entering ``handle.memory(state)`` itself.
-        The caller must not write into it; `record_read` keeps the read's correction ratios."""
-        with self._scope(self._name(config, scope)) as record:
+        The caller must not write into it; `record_read` keeps the read's correction ratios.
+        ``progress`` reports the scope's pending writes applied first, if any."""
+        with self._scope(self._name(config, scope), progress=progress) as record:
             yield record.state
 
     def record_read(
-        self, run: MemoryRun, *, scope: str | None = None, config: RunnableConfig | None = None
+        self,
+        run: MemoryRun | dict[int, dict[str, float]],
+        *,
+        scope: str | None = None,
+        config: RunnableConfig | None = None,
     ) -> None:
-        """Keep the correction ratios of a read (shown by `stats`)."""
-        ratio = run.correction_ratio()
+        """Keep the correction ratios of a read (a run, or its ratios; shown by `stats`)."""
+        ratio = run if isinstance(run, dict) else run.correction_ratio()
         if ratio:
             with self._scope(self._name(config, scope)) as record:
                 record.last_ratio = ratio
@@ -362,11 +599,11 @@ class DeltaMemory:
         return sorted(names)
 
     def reset(self, *, scope: str | None = None, config: RunnableConfig | None = None) -> None:
-        """Empty the scope's memory and log."""
+        """Empty the scope's memory and log (pending writes are dropped, not applied)."""
         name = self._name(config, scope)
-        with self._scope(name, change=True) as record:
+        with self._scope(name, change=True, settle=False) as record:
             state = self.engine.handle.new_state()
-            self._commit(name, record, state=state, log=[], keys=[], last_ratio={})
+            self._commit(name, record, state=state, log=[], keys=[], last_ratio={}, pending=[])
 
     def fork(self, source: str, target: str) -> None:
         """Copy scope ``source`` (state and log) to ``target``, replacing what it held."""
@@ -389,7 +626,8 @@ class DeltaMemory:
             raise MemoryRecordError(f"memory export is not valid JSON: {err}") from err
         incoming = self._from_json(body, where="import")
         name = self._name(config, scope)
-        with self._scope(name, change=True) as record:
+        # replaced, pending writes too
+        with self._scope(name, change=True, settle=False) as record:
             self._commit(
                 name,
                 record,
@@ -397,6 +635,7 @@ class DeltaMemory:
                 log=incoming.log,
                 keys=incoming.keys,
                 last_ratio={},
+                pending=incoming.pending,
             )
 
     def snapshot(
@@ -408,17 +647,24 @@ class DeltaMemory:
     ) -> dict[str, Any]:
         """The scope's state as a fixed-size record for a graph checkpoint: the state bytes and
         the keys of the last ``keys`` messages written (for new-message detection), without
-        the segment log, so its size does not grow with the conversation."""
-        with self._scope(self._name(config, scope)) as record:
-            state = record.state.to_bytes()
+        the segment log, so its size does not grow with the conversation.
+
+        It does not wait for the scope's pending writes: their messages go into the snapshot
+        (``pending``) with the state before them, and `restore` applies them. The snapshot is
+        the same whether or not the background writer has applied them yet."""
+        with self._scope(self._name(config, scope), settle=False) as record:
+            state, pending = _unsettled(record)
             kept = list(record.keys[-keys:]) if keys > 0 else []
-            return {
+            snapshot = {
                 "format": SNAPSHOT_FORMAT,
                 "version": SCOPE_VERSION,
                 "state": state,
                 "keys": kept,
-                _CHECKSUM: _checksum(SNAPSHOT_FORMAT, state, None, kept),
+                _CHECKSUM: _checksum(SNAPSHOT_FORMAT, state, None, kept, pending),
             }
+            if pending:
+                snapshot[_PENDING] = pending
+            return snapshot
 
     def restore(
         self,
@@ -438,7 +684,7 @@ class DeltaMemory:
             raise MemoryRecordError(
                 f"{where}: unsupported snapshot version {snapshot.get('version')!r}"
             )
-        unknown = sorted(set(snapshot) - _SNAPSHOT_FIELDS - {_CHECKSUM}, key=str)
+        unknown = sorted(set(snapshot) - _SNAPSHOT_FIELDS - {_CHECKSUM, _PENDING}, key=str)
         if unknown:
             raise MemoryRecordError(f"{where}: unknown field(s) {unknown!r:.200}")
         raw, keys = snapshot.get("state"), snapshot.get("keys")
@@ -448,21 +694,35 @@ class DeltaMemory:
             raise MemoryRecordError(
                 f"{where}: 'keys' must be a list of at most {_KEY_HISTORY} message keys"
             )
+        pending = snapshot.get(_PENDING, [])
+        if not _valid_log(pending):
+            raise MemoryRecordError(f"{where}: 'pending' is not a list of write calls")
         if _CHECKSUM in snapshot and snapshot[_CHECKSUM] != _checksum(
-            SNAPSHOT_FORMAT, bytes(raw), None, keys
+            SNAPSHOT_FORMAT, bytes(raw), None, keys, pending
         ):
             raise MemoryRecordError(f"{where}: checksum mismatch (altered or damaged)")
         name = self._name(config, scope)
-        with self._scope(name, change=True) as record:
+        with self._scope(name, change=True, settle=False) as record:
             held_keys = record.keys[-len(keys) :] if keys else []
-            if held_keys == keys and record.state.to_bytes() == bytes(raw):
-                return False  # already there: keep the log
+            if held_keys == keys and _unsettled(record) == (bytes(raw), pending):
+                return False  # already there (written, or still pending): keep the log
             try:
                 state = self.engine.handle.load_state(bytes(raw))
             except MemoryStateError as err:
                 raise MemoryRecordError(f"{where}: {err}") from err
-            self._commit(name, record, state=state, log=[], keys=list(keys), last_ratio={})
-            return True
+            self._commit(
+                name,
+                record,
+                state=state,
+                log=[],
+                keys=list(keys),
+                last_ratio={},
+                pending=[list(call) for call in pending],
+            )
+        if pending:  # applied by the background writer, or by the scope's next operation
+            self._start_writer()
+            self._writes.put(name)
+        return True
 
     def forget(
         self, index: int, *, scope: str | None = None, config: RunnableConfig | None = None
@@ -542,6 +802,10 @@ class DeltaMemory:
         """`stats` off the event loop."""
         return await asyncio.to_thread(self.stats, **kwargs)
 
+    async def aflush(self, **kwargs: Any) -> None:
+        """`flush` off the event loop."""
+        await asyncio.to_thread(self.flush, **kwargs)
+
     async def ascopes(self) -> list[str]:
         """`scopes` off the event loop."""
         return await asyncio.to_thread(self.scopes)
@@ -549,21 +813,24 @@ class DeltaMemory:
     # --- JSON records -------------------------------------------------------------------
     def _to_json(self, record: _Scope) -> dict[str, Any]:
         state = record.state.to_bytes()
-        return {
+        body = {
             "format": SCOPE_FORMAT,
             "version": SCOPE_VERSION,
             "state": base64.b64encode(state).decode("ascii"),
             "log": record.log,
             "keys": record.keys,
-            _CHECKSUM: _checksum(SCOPE_FORMAT, state, record.log, record.keys),
+            _CHECKSUM: _checksum(SCOPE_FORMAT, state, record.log, record.keys, record.pending),
         }
+        if record.pending:
+            body[_PENDING] = record.pending
+        return body
 
     def _from_json(self, body: Any, *, where: str) -> _Scope:
         if not isinstance(body, dict) or body.get("format") != SCOPE_FORMAT:
             raise MemoryRecordError(f"{where}: not a δ-mem memory record")
         if body.get("version") != SCOPE_VERSION:
             raise MemoryRecordError(f"{where}: unsupported record version {body.get('version')!r}")
-        unknown = sorted(set(body) - _RECORD_FIELDS - {_CHECKSUM})
+        unknown = sorted(set(body) - _RECORD_FIELDS - {_CHECKSUM, _PENDING})
         if unknown:
             raise MemoryRecordError(f"{where}: corrupt memory record (unknown fields {unknown})")
         missing = sorted(_RECORD_FIELDS - set(body))
@@ -573,20 +840,48 @@ class DeltaMemory:
             raw = base64.b64decode(body["state"], validate=True)
         except (TypeError, ValueError) as err:
             raise MemoryRecordError(f"{where}: corrupt memory record (state: {err})") from err
-        log, keys = body["log"], body["keys"]
+        log, keys, pending = body["log"], body["keys"], body.get(_PENDING, [])
         if not _valid_log(log):
             raise MemoryRecordError(f"{where}: corrupt memory record (segment log)")
+        if not _valid_log(pending):
+            raise MemoryRecordError(f"{where}: corrupt memory record (pending writes)")
         if not _valid_keys(keys):
             raise MemoryRecordError(f"{where}: corrupt memory record (message keys)")
         try:
             state = self.engine.handle.load_state(raw)
         except MemoryStateError as err:
             raise MemoryRecordError(f"{where}: {err}") from err
-        if _CHECKSUM in body and body[_CHECKSUM] != _checksum(SCOPE_FORMAT, raw, log, keys):
+        if _CHECKSUM in body and body[_CHECKSUM] != _checksum(
+            SCOPE_FORMAT, raw, log, keys, pending
+        ):
             raise MemoryRecordError(
                 f"{where}: corrupt memory record (checksum mismatch: altered or damaged)"
             )
-        return _Scope(state, log, keys)
+        return _Scope(state, log, keys, pending=pending)
+
+
+def callback_progress(callbacks: Callbacks, scope: str) -> Progress | None:
+    """A write's progress as LangChain custom events ``deltamem_write_progress`` with
+    ``{"scope", "tokens_written", "tokens_total"}`` (None without callbacks)."""
+    if not callbacks:
+        return None
+    manager = CallbackManager.configure(inheritable_callbacks=callbacks)
+
+    def report(done: int, total: int) -> None:
+        data = {"scope": scope, "tokens_written": done, "tokens_total": total}
+        manager.on_custom_event(WRITE_PROGRESS_EVENT, data)
+
+    return report
+
+
+def _unsettled(record: _Scope) -> tuple[bytes, list[list[dict[str, str]]]]:
+    """The scope as (state before its latest pending writes, those writes): the same whether
+    the background writer has applied them yet or not."""
+    if record.pending:
+        return record.state.to_bytes(), record.pending
+    if record.origin is not None:
+        return record.origin
+    return record.state.to_bytes(), []
 
 
 def _valid_log(log: Any) -> bool:
@@ -612,10 +907,11 @@ def _valid_keys(keys: Any) -> bool:
     )
 
 
-def _checksum(kind: str, state: bytes, log: Any, keys: list[str]) -> str:
-    """sha256 over a record's state bytes, segment log and message keys: a damaged or edited
-    record is refused instead of being read as another memory."""
-    body = json.dumps([kind, log, keys], sort_keys=True, separators=(",", ":"))
+def _checksum(kind: str, state: bytes, log: Any, keys: list[str], pending: Any = None) -> str:
+    """sha256 over a record's state bytes, segment log, message keys and pending writes (if
+    any): a damaged or edited record is refused instead of being read as another memory."""
+    parts = [kind, log, keys, pending] if pending else [kind, log, keys]
+    body = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(hashlib.sha256(state).digest() + body.encode()).hexdigest()
 
 
@@ -631,3 +927,47 @@ def _unwritten(messages: list[dict[str, str]], written_keys: list[str]) -> list[
         if span and keys[end - span : end] == written_keys[-span:]:
             return messages[end:]
     return messages
+
+
+def _writer_loop(ref: weakref.ref[DeltaMemory]) -> None:
+    """The background writer of one `DeltaMemory`: takes queued scope names, waits up to
+    ``write_wait`` for more (up to ``write_batch_size``), applies them batched. It holds the
+    memory weakly, so a memory nobody uses any more can be collected."""
+    while True:
+        memory = ref()
+        if memory is None:
+            return
+        queued, limit, wait = memory._writes, memory.write_batch_size, memory.write_wait
+        del memory
+        try:
+            names = [queued.get(timeout=60.0)]
+        except queue.Empty:
+            continue
+        deadline = time.monotonic() + wait
+        while len(set(names)) < limit:
+            left = deadline - time.monotonic()
+            try:
+                names.append(queued.get(timeout=left) if left > 0 else queued.get_nowait())
+            except queue.Empty:
+                break
+        memory = ref()
+        if memory is None:
+            return
+        try:
+            memory._settle_some(names)
+        except Exception:  # kept pending: the scope's next operation retries and raises
+            _LOGGER.exception("δ-mem background write failed; it stays pending")
+        del memory
+
+
+_LIVE: weakref.WeakSet[DeltaMemory] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Apply every pending write before the interpreter exits."""
+    for memory in list(_LIVE):
+        try:
+            memory.flush()
+        except Exception:
+            _LOGGER.exception("δ-mem could not apply pending writes at exit")

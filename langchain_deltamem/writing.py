@@ -14,18 +14,23 @@ wrote one mean per message in training but token by token at run time). Per call
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .injection import DeltaMem
-from .segments import encode_segments
+from .segments import EncodedSegments, encode_segments
 from .state import MemoryState
+
+Progress = Callable[[int, int], None]
 
 MEMORY_SYSTEM_PROMPT = (
     "You answer questions using earlier notes, passages, or dialogue history. Use exact details "
@@ -33,6 +38,10 @@ MEMORY_SYSTEM_PROMPT = (
     "information available."
 )
 DIALOGUE_SOURCES = ("user", "assistant", "system")
+
+
+class WriteCancelled(RuntimeError):
+    """A write stopped by its ``cancel`` event before it finished."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,10 @@ def write_messages(
     grad: bool = False,
     gate_log: list[torch.Tensor] | None = None,
     detach_inputs: bool = False,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    warn: bool = True,
+    lock: contextlib.AbstractContextManager[Any] | None = None,
 ) -> list[WrittenSegment]:
     """Write ``messages`` into ``state`` (batch of one), one segment per message.
 
@@ -116,6 +129,11 @@ def write_messages(
         detach_inputs: with ``grad``, keep gradients in the write maths only (see
             `DeltaMem.memory`); much cheaper to train, the write pass's backward skips the
             backbone.
+        progress: called after each forward with (tokens written, tokens to write).
+        cancel: checked before each forward; once set, `WriteCancelled` is raised (the state
+            then holds the forwards already run: write into a copy to discard them).
+        warn: warn about messages written in pieces (off when that was said at queue time).
+        lock: held around each forward (e.g. `DeltaMemEngine.compute_lock`).
 
     Returns:
         The segments written, in order (the replay log).
@@ -127,9 +145,60 @@ def write_messages(
     router = router or SourceRouter(handle.config.num_states)
     if max_forward_tokens is None:
         max_forward_tokens = int(getattr(handle.model.config, "max_position_embeddings", 8192))
-    pieces = _split_long_messages(tokenizer, messages, max_segment_tokens)
-    system = {"role": "system", "content": system_prompt}
+    forwards = plan_forwards(
+        tokenizer, messages, system_prompt, router, max_segment_tokens, max_forward_tokens, warn
+    )
+    total = sum(f.tokens for f in forwards)
+    done = 0
     written: list[WrittenSegment] = []
+    for forward in forwards:
+        if cancel is not None and cancel.is_set():
+            raise WriteCancelled(f"write cancelled after {done} of {total} tokens")
+        with lock or contextlib.nullcontext():
+            _forward_write(
+                handle,
+                state,
+                forward.encoded.input_ids,
+                forward.encoded.segment_ids,
+                forward.routes,
+                grad,
+                gate_log,
+                detach_inputs,
+            )
+        written.extend(forward.segments)
+        done += forward.tokens
+        if progress is not None:
+            progress(done, total)
+    return written
+
+
+@dataclass(frozen=True)
+class PlannedForward:
+    """One write forward: the rendered tokens, their routes, and the segments they hold."""
+
+    encoded: EncodedSegments
+    routes: list[list[int]]
+    segments: list[WrittenSegment]
+
+    @property
+    def tokens(self) -> int:
+        return int(self.encoded.input_ids.shape[1])
+
+
+def plan_forwards(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, str]],
+    system_prompt: str,
+    router: SourceRouter,
+    max_segment_tokens: int,
+    max_forward_tokens: int,
+    warn: bool = True,
+) -> list[PlannedForward]:
+    """The forwards `write_messages` runs for ``messages`` (long ones cut, calls split to fit
+    the context), so a batched write runs exactly the same ones."""
+    pieces = _split_long_messages(tokenizer, messages, max_segment_tokens, warn)
+    system = {"role": "system", "content": system_prompt}
+    out = []
     for group in _group_for_context(tokenizer, system, pieces, max_forward_tokens):
         encoded = encode_segments(
             tokenizer,
@@ -137,18 +206,95 @@ def write_messages(
             content_only=handle.config.segment_tokens == "content",
         )
         routes = [[router.state_for(m["source"])] for m in group]
-        _forward_write(
-            handle,
-            state,
-            encoded.input_ids,
-            encoded.segment_ids,
-            routes,
-            grad,
-            gate_log,
-            detach_inputs,
+        out.append(
+            PlannedForward(
+                encoded, routes, [WrittenSegment(m["source"], m["content"]) for m in group]
+            )
         )
-        written.extend(WrittenSegment(m["source"], m["content"]) for m in group)
-    return written
+    return out
+
+
+def write_messages_batch(
+    handle: DeltaMem,
+    tokenizer: PreTrainedTokenizerBase,
+    states: Sequence[MemoryState],
+    messages: Sequence[Sequence[Mapping[str, str]]],
+    *,
+    system_prompt: str = MEMORY_SYSTEM_PROMPT,
+    router: SourceRouter | None = None,
+    max_segment_tokens: int = 1024,
+    max_forward_tokens: int | None = None,
+    warn: bool = True,
+    lock: contextlib.AbstractContextManager[Any] | None = None,
+) -> list[list[WrittenSegment]]:
+    """`write_messages` for several conversations at once: conversation ``i``'s messages into
+    ``states[i]`` (each a batch of one), as batched forwards.
+
+    Each conversation runs the forwards `write_messages` would run for it; the ``k``-th
+    forwards of all conversations that have one go together, right-padded (padding comes after
+    every real token, so causal attention keeps it out of their hidden states, and it writes
+    nothing). The written states equal separate writes up to float rounding.
+    """
+    if len(states) != len(messages):
+        raise ValueError(f"{len(states)} states for {len(messages)} message lists")
+    for i, state in enumerate(states):
+        if state.batch_size != 1:
+            raise ValueError(f"states[{i}] holds {state.batch_size} conversations; give one each")
+    router = router or SourceRouter(handle.config.num_states)
+    if max_forward_tokens is None:
+        max_forward_tokens = int(getattr(handle.model.config, "max_position_embeddings", 8192))
+    plans = [
+        plan_forwards(
+            tokenizer, group, system_prompt, router, max_segment_tokens, max_forward_tokens, warn
+        )
+        for group in messages
+    ]
+    for step in range(max((len(p) for p in plans), default=0)):
+        rows = [i for i, plan in enumerate(plans) if step < len(plan)]
+        with lock or contextlib.nullcontext():
+            _forward_write_batch(handle, [states[i] for i in rows], [plans[i][step] for i in rows])
+    return [[seg for forward in plan for seg in forward.segments] for plan in plans]
+
+
+def _forward_write_batch(
+    handle: DeltaMem, states: list[MemoryState], forwards: list[PlannedForward]
+) -> None:
+    if len(states) == 1:
+        forward = forwards[0]
+        encoded = forward.encoded
+        _forward_write(
+            handle, states[0], encoded.input_ids, encoded.segment_ids, forward.routes, False
+        )
+        return
+    device = states[0].device
+    width = max(f.tokens for f in forwards)
+    n_segments = max(len(f.routes) for f in forwards)
+    n_states = handle.config.num_states
+    ids = torch.zeros(len(forwards), width, dtype=torch.long)  # [B, T], right-padded
+    mask = torch.zeros(len(forwards), width, dtype=torch.long)
+    segments = torch.full((len(forwards), width), -1, dtype=torch.long)
+    routes = torch.zeros(len(forwards), n_segments, n_states, dtype=torch.bool)  # [B, S, H]
+    for i, forward in enumerate(forwards):
+        length = forward.tokens
+        ids[i, :length] = forward.encoded.input_ids[0]
+        mask[i, :length] = 1
+        segments[i, :length] = forward.encoded.segment_ids[0]
+        for s, targets in enumerate(forward.routes):
+            routes[i, s, targets] = True
+    batch = MemoryState.concat(states)
+    with (
+        torch.no_grad(),
+        handle.memory(
+            batch,
+            write=True,
+            segment_ids=segments.to(device),
+            routes=routes if n_states > 1 else None,
+        ),
+    ):
+        handle.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    for i, state in enumerate(states):  # hand each conversation its row, in place
+        state.layers[:] = [t[i : i + 1] for t in batch.layers]
+        state.write_counts = batch.write_counts[i : i + 1]
 
 
 def _forward_write(
@@ -184,6 +330,7 @@ def _split_long_messages(
     tokenizer: PreTrainedTokenizerBase,
     messages: Sequence[Mapping[str, str]],
     max_tokens: int,
+    warn: bool = True,
 ) -> list[dict[str, str]]:
     out = []
     for i, message in enumerate(messages):
@@ -199,11 +346,12 @@ def _split_long_messages(
         if len(ids) <= max_tokens:
             out.append({"role": role, "content": content, "source": source})
             continue
-        warnings.warn(
-            f"message {i} ({len(ids)} tokens) is longer than {max_tokens} tokens; it is written "
-            "to memory in pieces",
-            stacklevel=3,
-        )
+        if warn:
+            warnings.warn(
+                f"message {i} ({len(ids)} tokens) is longer than {max_tokens} tokens; it is "
+                "written to memory in pieces",
+                stacklevel=4,
+            )
         for start in range(0, len(ids), max_tokens):
             piece = tokenizer.decode(ids[start : start + max_tokens])
             out.append({"role": role, "content": piece, "source": source})
@@ -251,3 +399,11 @@ def turn_groups(messages: Sequence[Mapping[str, str]]) -> list[list[Mapping[str,
     if current:
         groups.append(current)
     return groups
+
+
+def warn_long_messages(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]], max_tokens: int
+) -> None:
+    """The "written in pieces" warnings of a write, given when it is queued (in the caller's
+    thread, where they can be seen) rather than when it runs."""
+    _split_long_messages(tokenizer, messages, max_tokens)

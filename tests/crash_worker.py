@@ -3,7 +3,7 @@
 Run as ``python tests/crash_worker.py``. The zygote imports everything and builds the tiny
 engine once (about ten seconds), then answers commands on stdin, one per line:
 
-* ``fork store|graph <db> <log> <seed>`` → ``pid <n>``: a writer process, forked;
+* ``fork store|graph|turns <db> <log> <seed>`` → ``pid <n>``: a writer process, forked;
 * ``poll <pid>`` → ``alive`` or ``status <waitpid status>``; ``wait <pid>`` → ``status <...>``.
 
 Forking keeps each restart to milliseconds, so a test can kill and restart many times. A writer
@@ -127,6 +127,49 @@ def run_store_writer(engine: Any, db: str, log: str, seed: int) -> None:
         say(f"after {after}")
 
 
+def run_turn_writer(engine: Any, db: str, log: str, seed: int) -> None:
+    """Chat turns with the write off the reply's path: after each reply (logged ``replied``)
+    the turn is only pending in the store; the background writer is held back (it waits
+    ``write_wait`` for more scopes) until the next export applies it. ``intend`` is the record
+    after the turn, from a twin chat model on an unpersisted memory written in line."""
+    from langgraph.store.sqlite import SqliteStore
+
+    from langchain_deltamem.chat_model import ChatDeltaMem
+    from langchain_deltamem.memory import DeltaMemory
+
+    say, rng = _logger(log), random.Random(seed)
+    conn = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
+    store = SqliteStore(conn)
+    store.setup()
+    memory, shadow = DeltaMemory(engine, store=store, write_wait=10.0), DeltaMemory(engine)
+    current = memory.export(scope=SCOPE)  # applies what a killed writer left pending
+    say(f"start {digest(current)}")
+    shadow.import_(current, scope=SCOPE)
+    params = {"backbone": engine.backbone, "adapter": engine.adapter, "max_tokens": 3}
+    model = ChatDeltaMem(memory=memory, **params)
+    twin = ChatDeltaMem(memory=shadow, **params)
+    config = {"configurable": {"thread_id": SCOPE}}
+    _slow_transactions(conn, say, rng)
+    for step in range(10**9):
+        text = f"writer {os.getpid()} turn {step}: my code is {rng.randrange(10**6):06d}."
+        say(f"before {digest(memory.export(scope=SCOPE))} turn")
+        expected = twin.invoke(text, config).content
+        shadow.flush()
+        intended = digest(shadow.export(scope=SCOPE))
+        say(f"intend {intended}")
+        reply = model.invoke(text, config).content
+        say(f"replied {memory.pending_writes(scope=SCOPE)}")
+        if reply != expected:
+            say(f"MISMATCH reply {reply!r} != {expected!r}")
+            os._exit(MISMATCH_EXIT)
+        time.sleep(rng.uniform(0.0, 0.05))
+        after = digest(memory.export(scope=SCOPE))
+        if after != intended:
+            say(f"MISMATCH {after} != {intended}")
+            os._exit(MISMATCH_EXIT)
+        say(f"after {after}")
+
+
 def build_graph(
     engine: Any, checkpointer: Any, before_node: Callable[..., None] | None = None
 ) -> Any:
@@ -209,7 +252,7 @@ def zygote() -> None:
     torch.set_num_threads(1)
     engine = build_tiny_engine(load_backbone()[1])
     register_engine(engine)
-    writers = {"store": run_store_writer, "graph": run_graph_writer}
+    writers = {"store": run_store_writer, "graph": run_graph_writer, "turns": run_turn_writer}
     print("ready", flush=True)
     for line in sys.stdin:
         command, *args = line.split()

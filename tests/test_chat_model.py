@@ -332,15 +332,15 @@ def test_generation_leaves_the_state_bit_identical_until_the_write(
     reader.invoke([H3], config=thread("g"))
     list(reader.stream([H3], config=thread("g")))
     assert state_bytes(memory, "g") == before
-    # with writing on, the state is still untouched when the post-reply write starts
+    # with writing on, the state is still untouched when the post-reply write is queued
     seen: list[bytes] = []
-    original = memory.write
+    original = memory.write_later
 
     def spy(messages: Any, **kwargs: Any) -> Any:
         seen.append(state_bytes(memory, kwargs["scope"]))
         return original(messages, **kwargs)
 
-    monkeypatch.setattr(memory, "write", spy)
+    monkeypatch.setattr(memory, "write_later", spy)
     reply = make(memory).invoke([H1, A1, H3], config=thread("g"))
     assert seen == [before]
     assert state_bytes(memory, "g") != before

@@ -330,6 +330,53 @@ def test_sqlite_checkpoint_survives_sigkill_mid_write(
     _check_moments(moments)
 
 
+def test_a_turn_killed_between_reply_and_write_is_replayed_once(
+    zygote: Zygote, engine: DeltaMemEngine, tmp_path: Path
+) -> None:
+    """The chat model returns before the turn is written; the turn is then pending in the
+    store. A kill after the reply (half the kills: at the ``replied`` line) must lose nothing:
+    the next load applies the pending turn, giving exactly the intended record; a kill before
+    the reply may leave the state before the turn or after it, never another; and a second
+    load applies nothing more."""
+    db = tmp_path / "turns.sqlite"
+    rng = random.Random(41)
+    plan = [rng.uniform(0.0, 1.0) if k % 2 else "replied" for k in range(KILLS)]
+    verified: str | None = None
+    pending_seen = 0
+    for k, when in enumerate(plan):
+        log = tmp_path / f"turn-writer-{k}.log"
+        pid = zygote.fork("turns", db, log, seed=rng.randrange(10**6))
+        seen = _wait_for(zygote, pid, log, "start")
+        if when == "replied":
+            _wait_for(zygote, pid, log, "intend", "replied", after=seen)
+        else:
+            time.sleep(when)
+        _kill(zygote, pid, log)
+        lines = _lines(log)
+        if verified is not None:
+            assert _start_line(lines) == f"start {verified}", "the restart found another state"
+        allowed, _ = allowed_after_kill(lines)
+        last = lines[-1].split()[0]
+        _integrity(db)
+        conn = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
+        try:
+            store = SqliteStore(conn)
+            raw = store.get(DEFAULT_NAMESPACE, SCOPE).value
+            pending_seen += "pending" in raw
+            loaded = digest(DeltaMemory(engine, store=store).export(scope=SCOPE))
+            assert loaded in allowed, f"kill {k}: the loaded record is neither before nor after"
+            if last == "replied":  # the reply was out: the turn must be there
+                intended = next(x for x in reversed(lines) if x.startswith("intend "))
+                assert loaded == intended.split()[1], f"kill {k}: a replied turn was lost"
+            assert "pending" not in store.get(DEFAULT_NAMESPACE, SCOPE).value
+            again = digest(DeltaMemory(engine, store=store).export(scope=SCOPE))
+            assert again == loaded, f"kill {k}: a second load changed the record"
+        finally:
+            conn.close()
+        verified = loaded
+    assert pending_seen >= 2, "no kill landed between a reply and its write"
+
+
 def test_the_kill_oracle_rejects_a_foreign_state() -> None:
     """A stored digest that is neither the state before nor the intended one is rejected."""
     lines = ["start s0", "before s0 write", "intend s1", "phase INSERT OR REPLACE"]

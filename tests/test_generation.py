@@ -694,3 +694,39 @@ def test_real_empty_memory_reads_like_the_bare_model(embedded, greedy_reference)
         assert len(runs) == 1 and sorted(runs[0].correction_ratio()) == list(range(30))
     finally:
         handle.detach()
+
+
+# --- library warnings -----------------------------------------------------------------------
+def test_the_decode_loops_print_no_library_warnings(tiny) -> None:
+    """The KV cache goes in under the installed transformers' current name (``cache``): the
+    deprecated ``past_key_values`` printed a FutureWarning and a log line into replies."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from langchain_deltamem.batched_generation import BatchRequest, generate_batch
+
+    model, tokenizer = tiny
+    logged: list[str] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(record.getMessage())
+
+    handler = Recorder()
+    hf_logger = hf_logging.get_logger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            generate(model, tokenizer, torch.tensor(tokenizer("Hi")), GenerationSettings(4))
+            requests = [
+                BatchRequest(torch.tensor(tokenizer(t)), GenerationSettings(3))
+                for t in ("a", "bcd")
+            ]
+            generate_batch(model, tokenizer, requests)
+    finally:
+        hf_logger.removeHandler(handler)
+    assert [str(w.message) for w in caught] == []
+    assert logged == []

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..backbones import load_backbone
 from ..config import DeltaMemConfig
+from ..generation import cache_kwargs, output_cache
 from ..injection import attach
 from ..scan import chunk_delta_rule_scan, naive_delta_rule_scan
 
@@ -92,13 +93,13 @@ def _bench_decode(model: torch.nn.Module, handle, context: torch.Tensor, repeats
     state = handle.new_state()
     segments = (torch.arange(context.shape[1]) // 64)[None]
     with handle.memory(state, write=True, segment_ids=segments):
-        cache = model(context, use_cache=True).past_key_values
+        cache = output_cache(model(context, use_cache=True))
     token = context[:, -1:]
     steps = 16
 
     def steps_bare() -> None:
         for _ in range(steps):
-            model(token, past_key_values=cache, use_cache=True)
+            model(token, use_cache=True, **cache_kwargs(model, cache))
             cache.crop(-1)  # drop the token just appended
 
     def steps_reading() -> None:

@@ -37,7 +37,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
-from ..generation import GenerationSettings, generate
+from ..generation import GenerationSettings, generate, output_cache
 from ..state import MemoryState
 from ..tool_calling import render_prompt
 from ..training.episodes import write_history
@@ -271,7 +271,7 @@ class LoCoMoEvaluator:
                 break
             start += max(1, (len(turns) - start) // 50)
         with torch.inference_mode():
-            cache = self.engine.model(input_ids=ids, use_cache=True).past_key_values
+            cache = output_cache(self.engine.model(input_ids=ids, use_cache=True))
         return BufferPrefix(ids, cache)
 
     def _buffer_prefix_text(self, history: str) -> str:
