@@ -146,7 +146,14 @@ def write_messages(
     if max_forward_tokens is None:
         max_forward_tokens = int(getattr(handle.model.config, "max_position_embeddings", 8192))
     forwards = plan_forwards(
-        tokenizer, messages, system_prompt, router, max_segment_tokens, max_forward_tokens, warn
+        tokenizer,
+        messages,
+        system_prompt,
+        router,
+        max_segment_tokens,
+        max_forward_tokens,
+        warn,
+        content_only=handle.config.segment_tokens == "content",
     )
     total = sum(f.tokens for f in forwards)
     done = 0
@@ -193,6 +200,7 @@ def plan_forwards(
     max_segment_tokens: int,
     max_forward_tokens: int,
     warn: bool = True,
+    content_only: bool = False,
 ) -> list[PlannedForward]:
     """The forwards `write_messages` runs for ``messages`` (long ones cut, calls split to fit
     the context), so a batched write runs exactly the same ones."""
@@ -203,7 +211,7 @@ def plan_forwards(
         encoded = encode_segments(
             tokenizer,
             [system, *({"role": m["role"], "content": m["content"]} for m in group)],
-            content_only=handle.config.segment_tokens == "content",
+            content_only=content_only,
         )
         routes = [[router.state_for(m["source"])] for m in group]
         out.append(
@@ -245,7 +253,14 @@ def write_messages_batch(
         max_forward_tokens = int(getattr(handle.model.config, "max_position_embeddings", 8192))
     plans = [
         plan_forwards(
-            tokenizer, group, system_prompt, router, max_segment_tokens, max_forward_tokens, warn
+            tokenizer,
+            group,
+            system_prompt,
+            router,
+            max_segment_tokens,
+            max_forward_tokens,
+            warn,
+            content_only=handle.config.segment_tokens == "content",
         )
         for group in messages
     ]

@@ -63,8 +63,8 @@ def write_turns(engine: Any, kind: str, target: str, writer: int, m: int, lock: 
         memory._store_lock = InProcessLock()  # the control: no cross-process lock
     compute = memory._write_into
 
-    def slow_write(state: Any, messages: list[dict[str, str]]) -> Any:
-        written = compute(state, messages)
+    def slow_write(state: Any, messages: list[dict[str, str]], *args: Any, **kwargs: Any) -> Any:
+        written = compute(state, messages, *args, **kwargs)
         time.sleep(PAUSE)  # between computing the state and storing it
         return written
 
