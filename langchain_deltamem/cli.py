@@ -16,9 +16,7 @@ def main(argv: list[str] | None = None) -> None:
 
     chat_cli.add_arguments(chat)
     bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios")
-    bench.add_argument(
-        "which", choices=["core", "turns", "cost", "latency", "batching", "grammar"]
-    )
+    bench.add_argument("which", choices=["core", "turns", "cost", "latency", "batching", "grammar"])
     bench.add_argument("--out")
     bench.add_argument(
         "--repeats", type=int, default=None, help="default: 5 (core), 3 (turns, cost)"

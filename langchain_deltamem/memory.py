@@ -53,9 +53,9 @@ from langgraph.store.base import BaseStore
 
 from .engine import DeltaMemEngine, get_engine
 from .injection import MemoryRun
+from .prompts import content_text, message_role
 from .state import MemoryState, MemoryStateError
 from .store_locks import ScopeLock, scope_lock_for
-from .tool_calling import content_text, message_role
 from .writing import (
     MEMORY_SYSTEM_PROMPT,
     Progress,
@@ -113,7 +113,7 @@ def message_to_dict(message: BaseMessage | Mapping[str, Any]) -> dict[str, str]:
 
     Tool results get the source ``tool:<name>`` (their own MSW state); an AI message's tool calls
     are kept as text so the memory knows what was asked. Content follows the prompt's rules
-    (`tool_calling.content_text`): reasoning and tool-call blocks are skipped, media blocks and
+    (`prompts.content_text`): reasoning and tool-call blocks are skipped, media blocks and
     unknown roles raise ValueError.
     """
     if isinstance(message, Mapping):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
-from ..segments import chat_ids
+from ..prompts import chat_ids
 from ..training.data import generate_episodes
 from ..training.episodes import write_history
 from .bootstrap import paired_difference

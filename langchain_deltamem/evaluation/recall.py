@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate
-from ..tool_calling import render_prompt
+from ..prompts import fit_to_context
 from ..training.data import Episode, generate_episodes, swap_partners
 from ..training.episodes import answer_nll, question_ids, write_history
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, parse_tool_states
@@ -110,12 +110,7 @@ class RecallEvaluator:
         messages = [SystemMessage(self.system_prompt), *history_messages(episode)]
         messages.append(HumanMessage(episode.question))
         limit = self.engine.context_length - self.settings.max_tokens - 1
-        while True:
-            text = render_prompt(tokenizer, messages)
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-            if ids.shape[1] <= limit or len(messages) <= 2:
-                break
-            messages.pop(1)  # drop the oldest history message
+        _, ids = fit_to_context(tokenizer, messages, limit)  # drops the oldest history first
         return generate(self.engine.model, tokenizer, ids[:, -limit:], self.settings).text
 
     def run(

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from ..injection import DeltaMem
+from ..prompts import prompt_ids
 from ..segments import encode_segments
 from ..state import MemoryState
-from ..tool_calling import render_prompt
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, turn_groups
 from .episodes import answer_ids, question_ids
 
@@ -217,9 +217,7 @@ def history_batch(
     prompts = []
     for history, question in zip(histories, questions, strict=True):
         messages = [SystemMessage(system_prompt), *prompt_messages(history)]
-        text = render_prompt(tokenizer, [*messages, HumanMessage(question)])
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids  # type: ignore[operator]
-        prompts.append(ids[0])
+        prompts.append(prompt_ids(tokenizer, [*messages, HumanMessage(question)])[0])
     return score_batch(tokenizer, prompts, [answer_ids(tokenizer, a) for a in answers])
 
 
@@ -229,8 +227,7 @@ def history_spans(
     """Where each history sits in its `history_batch` row: ``(first, end)`` token indices."""
 
     def length(messages: list[BaseMessage]) -> int:
-        text = render_prompt(tokenizer, messages, add_generation_prompt=False)
-        return len(tokenizer(text, add_special_tokens=False).input_ids)  # type: ignore[operator]
+        return int(prompt_ids(tokenizer, messages, add_generation_prompt=False).shape[1])
 
     system = [SystemMessage(system_prompt)]
     start = length(system)

@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from ..injection import DeltaMem
-from ..segments import chat_ids
+from ..prompts import chat_ids, prompt_ids
 from ..state import MemoryState
-from ..tool_calling import render_prompt
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, turn_groups, write_messages
 
 IGNORE = -100
@@ -69,8 +68,7 @@ def question_ids(
     tokenizer: object, question: str, system_prompt: str = MEMORY_SYSTEM_PROMPT
 ) -> torch.Tensor:
     """Prompt ids of a question as the chat model renders it (``[1, T]``)."""
-    text = render_prompt(tokenizer, [SystemMessage(system_prompt), HumanMessage(question)])
-    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids  # type: ignore[operator]
+    return prompt_ids(tokenizer, [SystemMessage(system_prompt), HumanMessage(question)])
 
 
 def answer_ids(tokenizer: object, answer: str) -> torch.Tensor:
