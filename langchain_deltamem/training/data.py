@@ -47,6 +47,8 @@ from pydantic import (
     model_validator,
 )
 
+from ..tool_calling import format_tool_call
+
 NO_INFORMATION = "No information available."
 KINDS = ("facts", "update", "two_hop", "agent", "document", "absent")
 TRAIN, HELDOUT = "train", "heldout"
@@ -2056,9 +2058,8 @@ class _Builder:
 
     # tools
     def tool_call(self, name: str, arguments: dict[str, str]) -> _Draft:
-        call = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
         preface = self.pick(_TOOL_PREFACES)
-        text = f"{preface}\n<tool_call>{call}</tool_call>"
+        text = f"{preface}\n{format_tool_call(name, arguments)}"
         return _Draft("assistant", text, frozenset(arguments.values()), "assistant")
 
     def tool_result(self, name: str, result: dict[str, Any], values: Iterable[str]) -> _Draft:
