@@ -6,15 +6,14 @@ import random
 
 import pytest
 
-from langchain_deltamem.evaluation.bootstrap import paired_difference, paired_ratio
 from langchain_deltamem.evaluation.recall import (
     CONDITIONS,
     _swap_partners,
-    is_correct,
-    normalize,
     summarize,
     to_markdown,
 )
+from langchain_deltamem.paired_bootstrap import paired_difference, paired_ratio
+from langchain_deltamem.reading import is_correct, normalize
 from langchain_deltamem.training.data import generate_episodes, swap_partners
 
 

@@ -38,11 +38,10 @@ from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate, output_cache
+from ..paired_bootstrap import paired_difference, paired_ratio
 from ..prompts import prompt_ids, render_prompt, text_ids
 from ..state import MemoryState
-from ..training.episodes import write_history
-from ..writing import MEMORY_SYSTEM_PROMPT
-from .bootstrap import paired_difference, paired_ratio
+from ..writing import MEMORY_SYSTEM_PROMPT, write_history
 from .locomo_data import Conversation, Question, Turn, load_locomo, memory_messages, transcript
 from .locomo_scoring import CATEGORIES, qa_prompt, score
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import string
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,26 +29,13 @@ from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate
+from ..paired_bootstrap import paired_difference
 from ..prompts import fit_to_context
+from ..reading import answer_nll, is_correct, question_ids
 from ..training.data import Episode, generate_episodes, swap_partners
-from ..training.episodes import answer_nll, question_ids, write_history
-from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, parse_tool_states
-from .bootstrap import paired_difference
+from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, parse_tool_states, write_history
 
 CONDITIONS = ("right", "swapped", "zero", "question_only", "full_history")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize(text: str) -> str:
-    """Lower case, no punctuation or articles, single spaces."""
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def is_correct(reply: str, gold: str) -> bool:
-    """Whether the normalised gold answer occurs in the normalised reply."""
-    target = normalize(gold)
-    return bool(target) and target in normalize(reply)
 
 
 def history_messages(episode: Episode) -> list[BaseMessage]:

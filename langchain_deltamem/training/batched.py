@@ -26,10 +26,10 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from ..injection import DeltaMem
 from ..prompts import prompt_ids
+from ..reading import answer_ids, question_ids
 from ..segments import encode_segments
 from ..state import MemoryState
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, turn_groups
-from .episodes import answer_ids, question_ids
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -79,7 +79,7 @@ def write_histories(
 ) -> MemoryState:
     """One state per history (``[B, …]``), written turn by turn as the chat model writes it.
 
-    Same calls, segments and routing as `episodes.write_history` per history; the c-th write
+    Same calls, segments and routing as `writing.write_history` per history; the c-th write
     call of every history that has one runs in one padded forward."""
     router = router or SourceRouter(handle.config.num_states)
     state = handle.new_state(len(histories))
@@ -286,7 +286,7 @@ def per_row_mean(values: torch.Tensor, batch: ScoredBatch) -> torch.Tensor:
 def answer_nlls(
     handle: DeltaMem, batch: ScoredBatch, state: MemoryState | None, *, bf16: bool = False
 ) -> torch.Tensor:
-    """Mean answer NLL per row ``[B]`` (as `episodes.answer_nll` per episode)."""
+    """Mean answer NLL per row ``[B]`` (as `reading.answer_nll` per episode)."""
     logits = scored_logits(handle, batch, state, bf16=bf16)
     nll = F.cross_entropy(logits, batch.targets.to(logits.device), reduction="none")
     return per_row_mean(nll, batch)
