@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     from .training import run as train_run
 
     train_run.add_arguments(sub.add_parser("train", help="train an adapter (CPU by default)"))
-    from .training import data as data_module
+    from .episodes import cli as data_module
 
     data = data_module.add_arguments(
         sub.add_parser("data", help="generate synthetic episodes as JSONL")

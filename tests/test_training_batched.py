@@ -14,11 +14,11 @@ from langchain_deltamem.adapter_files import load_adapter, save_adapter
 from langchain_deltamem.backbones import load_backbone
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.engine import get_engine
+from langchain_deltamem.episodes import generate_episodes
 from langchain_deltamem.injection import attach
 from langchain_deltamem.reading import answer_nll
 from langchain_deltamem.segments import NO_SEGMENT, encode_segments
 from langchain_deltamem.training import batched
-from langchain_deltamem.training.data import generate_episodes
 from langchain_deltamem.training.init import (
     estimate_means,
     init_content_directions,

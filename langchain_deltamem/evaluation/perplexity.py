@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
+from ..episodes import generate_episodes
 from ..paired_bootstrap import paired_difference
 from ..prompts import chat_ids
-from ..training.data import generate_episodes
 from ..writing import write_history
 
 GOAL_RATIO = 1.05

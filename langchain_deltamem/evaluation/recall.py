@@ -28,11 +28,11 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
+from ..episodes import Episode, generate_episodes, swap_partners
 from ..generation import GenerationSettings, generate
 from ..paired_bootstrap import paired_difference
 from ..prompts import fit_to_context
 from ..reading import answer_nll, is_correct, question_ids
-from ..training.data import Episode, generate_episodes, swap_partners
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, parse_tool_states, write_history
 
 CONDITIONS = ("right", "swapped", "zero", "question_only", "full_history")

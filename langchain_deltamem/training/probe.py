@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
+from ..episodes import Episode, generate_episodes, swap_partners
 from ..injection import DeltaMem
 from ..paired_bootstrap import paired_difference
 from ..reading import is_correct, question_ids
 from ..state import MemoryState
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
 from . import batched
-from .data import Episode, generate_episodes, swap_partners
 
 PROBE_SEED = 1234
 

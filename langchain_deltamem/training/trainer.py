@@ -32,12 +32,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from .. import episodes as episode_data
 from ..adapter_files import load_adapter, save_adapter
 from ..backbones import load_backbone
 from ..config import DeltaMemConfig
 from ..injection import attach
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, write_history
-from . import data as episode_data
 from .episodes import between_episode_share, episode_loss, preservation_kl
 from .init import estimate_means, init_content_directions, segment_inputs
 from .objectives import ObjectiveWeights, batch_loss
