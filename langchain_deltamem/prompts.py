@@ -1,10 +1,12 @@
 """Prompts: chat messages → prompt text → token ids, and trimming a prompt to the context.
 
-The one home of the prompt the backbone sees; the chat model, the write and read routines,
-training, evaluation, baselines and benchmarks all build their prompts here:
+The one home of the prompt the backbone sees; the chat model, the read routine, training,
+evaluation, baselines and benchmarks all build their prompts here (a write renders its
+segments message by message, `segments.encode_segments`):
 
 1. `render_messages` turns LangChain messages (and tools) into chat-template dicts, and
-   `render_prompt` applies the tokenizer's chat template to them (the final prompt text).
+   `render_prompt` applies the tokenizer's chat template to them (the final prompt text);
+   `history_messages` turns a written history (memory segment dicts) into messages.
 2. `prompt_ids` is that text as ``[1, T]`` token ids (`text_ids`: the tokenization the
    template's own special tokens assume, no extra ones); `chat_ids` renders a plain
    ``{"role", "content"}`` chat without the generation header, for scoring text.
@@ -95,6 +97,7 @@ __all__ = [
     "chat_ids",
     "content_text",
     "fit_to_context",
+    "history_messages",
     "message_role",
     "prompt_ids",
     "render_messages",
@@ -415,6 +418,23 @@ def _tool_response_block(result: Mapping[str, Any]) -> str:
 
 def _xml_attr(value: str) -> str:
     return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+def history_messages(history: Sequence[Mapping[str, str]]) -> list[BaseMessage]:
+    """A written history (``{"role", "content", "source"}`` segment dicts) as prompt messages,
+    for putting it in the prompt instead of memory (the full-history ceiling, the teacher's
+    input): tool results quoted in a user turn, as rendered for backbones without a tool role."""
+    out: list[BaseMessage] = []
+    for message in history:
+        role, content = message["role"], message["content"]
+        if role == "assistant":
+            out.append(AIMessage(content))
+        elif role == "tool":
+            name = str(message.get("source", "tool")).removeprefix("tool:")
+            out.append(HumanMessage(f'<tool_response name="{name}">\n{content}\n</tool_response>'))
+        else:
+            out.append(HumanMessage(content))
+    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -24,34 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import HumanMessage, SystemMessage
 from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
 from ..episodes import Episode, generate_episodes, swap_partners
 from ..generation import GenerationSettings, generate
 from ..paired_bootstrap import paired_difference
-from ..prompts import fit_to_context
+from ..prompts import fit_to_context, history_messages
 from ..reading import answer_nll, is_correct, question_ids
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, parse_tool_states, write_history
 
 CONDITIONS = ("right", "swapped", "zero", "question_only", "full_history")
-
-
-def history_messages(episode: Episode) -> list[BaseMessage]:
-    """The history as prompt messages (tool results quoted in a user turn, as rendered for
-    backbones without a tool role)."""
-    out: list[BaseMessage] = []
-    for message in episode.history():
-        role, content = message["role"], message["content"]
-        if role == "assistant":
-            out.append(AIMessage(content))
-        elif role == "tool":
-            name = message["source"].removeprefix("tool:")
-            out.append(HumanMessage(f'<tool_response name="{name}">\n{content}\n</tool_response>'))
-        else:
-            out.append(HumanMessage(content))
-    return out
 
 
 class RecallEvaluator:
@@ -92,7 +76,7 @@ class RecallEvaluator:
     def answer_with_history(self, episode: Episode) -> str:
         """Greedy reply of the bare backbone with the whole history in the prompt."""
         tokenizer = self.engine.tokenizer
-        messages = [SystemMessage(self.system_prompt), *history_messages(episode)]
+        messages = [SystemMessage(self.system_prompt), *history_messages(episode.history())]
         messages.append(HumanMessage(episode.question))
         limit = self.engine.context_length - self.settings.max_tokens - 1
         _, ids = fit_to_context(tokenizer, messages, limit)  # drops the oldest history first

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from ..injection import DeltaMem
-from ..prompts import prompt_ids
+from ..prompts import history_messages, prompt_ids
 from ..reading import answer_ids, question_ids
 from ..segments import encode_segments
 from ..state import MemoryState
@@ -216,7 +216,7 @@ def history_batch(
     """The teacher's input: the same prompt with the whole history before the question."""
     prompts = []
     for history, question in zip(histories, questions, strict=True):
-        messages = [SystemMessage(system_prompt), *prompt_messages(history)]
+        messages = [SystemMessage(system_prompt), *history_messages(history)]
         prompts.append(prompt_ids(tokenizer, [*messages, HumanMessage(question)])[0])
     return score_batch(tokenizer, prompts, [answer_ids(tokenizer, a) for a in answers])
 
@@ -231,23 +231,7 @@ def history_spans(
 
     system = [SystemMessage(system_prompt)]
     start = length(system)
-    return [(start, length([*system, *prompt_messages(h)])) for h in histories]
-
-
-def prompt_messages(history: Messages) -> list[BaseMessage]:
-    """A written history as prompt messages (tool results quoted in a user turn, as rendered
-    for backbones without a tool role)."""
-    out: list[BaseMessage] = []
-    for message in history:
-        role, content = message["role"], message["content"]
-        if role == "assistant":
-            out.append(AIMessage(content))
-        elif role == "tool":
-            name = str(message.get("source", "tool")).removeprefix("tool:")
-            out.append(HumanMessage(f'<tool_response name="{name}">\n{content}\n</tool_response>'))
-        else:
-            out.append(HumanMessage(content))
-    return out
+    return [(start, length([*system, *history_messages(h)])) for h in histories]
 
 
 def scored_logits(
