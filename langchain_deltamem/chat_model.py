@@ -69,10 +69,10 @@ from .engine import DeltaMemEngine, get_engine
 from .generation import GenerationSettings
 from .json_constraint import JsonSchemaConstraint
 from .memory import DeltaMemory, callback_progress, message_to_dict
+from .prompts import fit_to_context
 from .tool_calling import (
     normalize_tool_choice,
     parse_tool_calls,
-    render_prompt,
     split_tool_calls,
     to_tool_schemas,
     tool_names,
@@ -479,22 +479,15 @@ class ChatDeltaMem(BaseChatModel):
     ) -> Any:
         """Token ids of the prompt, trimmed from the oldest message to fit the context."""
         limit = engine.context_length - self.max_tokens - 1
-        kept = list(messages)
-        while True:
-            text = render_prompt(engine.tokenizer, kept, tools or None, tool_choice)
-            ids = engine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-            if ids.shape[1] <= limit:
-                return ids
-            first = 1 if kept and isinstance(kept[0], SystemMessage) else 0
-            if len(kept) - first > 1:
-                kept.pop(first)
-                continue
-            warnings.warn(
-                f"the prompt ({ids.shape[1]} tokens) exceeds the context budget ({limit}); "
-                "it is cut to its last tokens (the whole message is still written to memory)",
-                stacklevel=4,
-            )
-            return ids[:, -limit:]
+        _, ids = fit_to_context(engine.tokenizer, messages, limit, tools or None, tool_choice)
+        if ids.shape[1] <= limit:
+            return ids
+        warnings.warn(
+            f"the prompt ({ids.shape[1]} tokens) exceeds the context budget ({limit}); "
+            "it is cut to its last tokens (the whole message is still written to memory)",
+            stacklevel=4,
+        )
+        return ids[:, -limit:]
 
 
 def _chat_result(final: ChatGenerationChunk | None) -> ChatResult:

@@ -16,9 +16,7 @@ def main(argv: list[str] | None = None) -> None:
 
     chat_cli.add_arguments(chat)
     bench = sub.add_parser("bench", help="benchmarks printing side-by-side ratios")
-    bench.add_argument(
-        "which", choices=["core", "turns", "cost", "latency", "batching", "grammar"]
-    )
+    bench.add_argument("which", choices=["core", "turns", "cost", "latency", "batching", "grammar"])
     bench.add_argument("--out")
     bench.add_argument(
         "--repeats", type=int, default=None, help="default: 5 (core), 3 (turns, cost)"
@@ -33,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     from .training import run as train_run
 
     train_run.add_arguments(sub.add_parser("train", help="train an adapter (CPU by default)"))
-    from .training import data as data_module
+    from .episodes import cli as data_module
 
     data = data_module.add_arguments(
         sub.add_parser("data", help="generate synthetic episodes as JSONL")

@@ -44,7 +44,8 @@ from typing import Any
 
 import torch
 
-from .tool_calling import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, function_of, supports_tools
+from .prompts import supports_tools
+from .tool_calling import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, function_of
 
 __all__ = ["DEFAULT_TOP_K", "JsonSchemaConstraint"]
 

@@ -53,9 +53,10 @@ from langgraph.store.base import BaseStore
 
 from .engine import DeltaMemEngine, get_engine
 from .injection import MemoryRun
+from .prompts import content_text, message_role
 from .state import MemoryState, MemoryStateError
 from .store_locks import ScopeLock, scope_lock_for
-from .tool_calling import content_text, message_role
+from .tool_calling import format_tool_call
 from .writing import (
     MEMORY_SYSTEM_PROMPT,
     Progress,
@@ -112,8 +113,9 @@ def message_to_dict(message: BaseMessage | Mapping[str, Any]) -> dict[str, str]:
     """A LangChain message (or ``{"role", "content"}`` dict) as a memory segment.
 
     Tool results get the source ``tool:<name>`` (their own MSW state); an AI message's tool calls
-    are kept as text so the memory knows what was asked. Content follows the prompt's rules
-    (`tool_calling.content_text`): reasoning and tool-call blocks are skipped, media blocks and
+    are kept as text (`tool_calling.format_tool_call`, as the training episodes write them) so
+    the memory knows what was asked. Content follows the prompt's rules
+    (`prompts.content_text`): reasoning and tool-call blocks are skipped, media blocks and
     unknown roles raise ValueError.
     """
     if isinstance(message, Mapping):
@@ -129,10 +131,7 @@ def message_to_dict(message: BaseMessage | Mapping[str, Any]) -> dict[str, str]:
     role = message_role(message)
     text = content_text(message.content, role)
     if isinstance(message, AIMessage):
-        calls = [
-            "<tool_call>" + json.dumps({"name": c["name"], "arguments": c["args"]}) + "</tool_call>"
-            for c in message.tool_calls
-        ]
+        calls = [format_tool_call(c["name"], c["args"]) for c in message.tool_calls]
         text = "\n".join(p for p in [text, *calls] if p)
     return {"role": role, "content": text, "source": role}
 

@@ -18,15 +18,6 @@ from transformers import PreTrainedTokenizerBase
 NO_SEGMENT = -1
 
 
-def chat_ids(tokenizer: PreTrainedTokenizerBase, chat: Sequence[Mapping[str, str]]) -> torch.Tensor:
-    """A whole chat rendered by the template as ``[1, T]`` ids, for scoring plain text.
-
-    Only ``role`` and ``content`` are passed on, so chats with extra keys render the same."""
-    messages = [{"role": m["role"], "content": m["content"]} for m in chat]
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-
-
 @dataclass(frozen=True)
 class EncodedSegments:
     """One conversation rendered for a writing forward pass.

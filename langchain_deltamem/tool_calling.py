@@ -1,12 +1,14 @@
-"""Tool calling for a frozen chat backbone: schemas, prompt rendering, parsing, forced calls.
+"""Tool calls for a frozen chat backbone: schemas, ``tool_choice``, the call format, parsing.
 
-Everything here is independent of generation; the chat model combines it with its decode loop:
+Everything here is independent of prompts and generation; `prompts` renders tools and earlier
+calls into the prompt, and the chat model combines both with its decode loop:
 
 1. `to_tool_schemas` turns LangChain tools, pydantic models, Python functions or OpenAI-style
    dicts into validated OpenAI tool dicts ``{"type": "function", "function": {"name",
    "description", "parameters"}}`` with unique names.
 2. `normalize_tool_choice` turns any ``tool_choice`` spelling into ``(mode, forced_name)``.
-3. `render_prompt` (built on `render_messages`) renders LangChain messages into the prompt text.
+3. `format_tool_call` writes one call in the call format below: the only place that builds
+   call text (prompts, memory segments and training data all use it).
 4. `json_constraint.JsonSchemaConstraint` (its own module) masks next-token logits so a
    *required* call is always well formed.
 5. `parse_tool_calls` / `parse_ai_message` turn the generated text back into LangChain
@@ -21,57 +23,6 @@ chat template writes exactly this, with a newline after ``<tool_call>`` and befo
 same ``<tools>``/``<tool_call>``/``<tool_response>`` tags with a JSON *list* of calls inside
 one block. `parse_tool_calls` accepts all of these: both layouts, any whitespace inside the
 tags, a list per block, and ``"parameters"`` instead of ``"arguments"``.
-
-Rendering rules (`render_messages`, `render_prompt`)
-----------------------------------------------------
-Content: a message's content is a string or a list of blocks. Strings and ``{"type": "text"}``
-blocks are concatenated without separator (like LangChain's ``message.text``); ``reasoning`` /
-``thinking`` blocks and tool-call blocks (``tool_call``, ``tool_use``, ...) are dropped, the
-latter because ``AIMessage.tool_calls`` carries the calls; ``image``, ``image_url``, ``audio``,
-``input_audio``, ``video`` and ``file`` blocks raise ``ValueError`` naming the block type (the
-backbone takes text only), as does any other unknown block type.
-
-Roles: ``SystemMessage`` → ``system``, ``HumanMessage`` → ``user``, ``AIMessage`` →
-``assistant``, ``ChatMessage`` → its own role. ``ToolMessage`` (and the legacy
-``FunctionMessage``) depend on the mode:
-
-(a) *Native mode*, when the tokenizer's chat template handles tools (its source mentions
-    ``tools``, e.g. Qwen3): the tools are passed as ``apply_chat_template(..., tools=...)`` and
-    the template lays everything out. ``AIMessage.tool_calls`` become
-    ``{"tool_calls": [{"type": "function", "id": ..., "function": {"name": ...,
-    "arguments": {...}}}]}`` (arguments as a dict, as transformers documents) and tool results
-    become ``{"role": "tool", "content": ..., "tool_call_id": ..., "name": ...}``.
-
-(b) *Prompted mode*, for plain ChatML templates (SmolLM2): a tools section is appended to the
-    leading system message (one is created when the conversation has none)::
-
-        # Tools
-
-        You may call one or more of the following tools to help with the user's request.
-        <tools>
-        {"name": "...", "description": "...", "parameters": {...JSON schema...}}
-        </tools>
-
-        To call a tool, reply with one line per call, in exactly this format:
-        <tool_call>{"name": "<tool name>", "arguments": {<arguments as a JSON object>}}</tool_call>
-        ...
-
-    An ``AIMessage`` with tool calls renders as its text followed by one ``<tool_call>`` line
-    per call, in the very format above (so the model sees its earlier calls the way it is asked
-    to write them). Tool results render as role ``user`` with content
-    ``<tool_response name="...">\\n...\\n</tool_response>`` (``status="error"`` is added
-    for failed tools; call ids are omitted, results follow the calls in order); consecutive
-    results are merged into one user turn, one block per line. Why ``user`` and not ``tool``:
-    SmolLM2's template would happily print ``<|im_start|>tool``, but the model only ever saw
-    ``system``/``user``/``assistant`` headers, so an unseen role is out of distribution for a
-    135M model; a user turn that quotes the result in explicit tags is what it understands
-    best. It is also how SmolLM2's published tool-use prompt and Qwen's own templates render
-    the ``tool`` role (``<|im_start|>user`` + ``<tool_response>``).
-
-``tool_choice``: ``"none"`` offers no tools (earlier calls in the history are still rendered);
-in prompted mode ``"required"`` adds "You must call at least one tool" and a forced name adds
-"You must call the tool `<name>`" to the tools section. Native mode passes all tools and adds no
-text (templates have no slot for it); `JsonSchemaConstraint` enforces required calls in both.
 """
 
 from __future__ import annotations
@@ -85,12 +36,6 @@ from typing import Any, Literal
 
 from langchain_core.messages import (
     AIMessage,
-    BaseMessage,
-    ChatMessage,
-    FunctionMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
 )
 from langchain_core.messages.tool import invalid_tool_call, tool_call
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -100,20 +45,14 @@ __all__ = [
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
     "ToolChoiceMode",
-    "content_text",
     "format_tool_call",
     "function_of",
-    "message_role",
     "normalize_tool_choice",
     "parse_ai_message",
     "parse_tool_calls",
-    "render_messages",
-    "render_prompt",
     "split_tool_calls",
-    "supports_tools",
     "to_tool_schemas",
     "tool_names",
-    "tools_system_section",
 ]
 
 TOOL_CALL_OPEN = "<tool_call>"
@@ -125,25 +64,6 @@ ToolChoiceMode = Literal["auto", "none", "required"]
 _TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _JSON_DECODER = json.JSONDecoder()
 _SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
-_MEDIA_BLOCK_TYPES = frozenset(
-    {"image", "image_url", "audio", "input_audio", "video", "file", "document"}
-)
-_DROPPED_BLOCK_TYPES = frozenset(
-    {
-        "reasoning",
-        "thinking",
-        "redacted_thinking",
-        "tool_call",
-        "tool_call_chunk",
-        "invalid_tool_call",
-        "tool_use",
-        "function_call",
-        "server_tool_call",
-        "server_tool_call_chunk",
-        "server_tool_result",
-    }
-)
-
 # --------------------------------------------------------------------------------------
 # Schemas
 # --------------------------------------------------------------------------------------
@@ -344,19 +264,8 @@ def _required(name: str | None, names: list[str]) -> tuple[ToolChoiceMode, str |
 
 
 # --------------------------------------------------------------------------------------
-# Rendering
+# Call format
 # --------------------------------------------------------------------------------------
-
-
-def supports_tools(tokenizer: Any) -> bool:
-    """Whether the tokenizer's chat template renders tools itself (native mode).
-
-    True when the template source mentions ``tools`` as a word (Qwen3, Llama 3.1, Mistral...);
-    SmolLM2's plain ChatML template does not.
-    """
-    template = getattr(tokenizer, "chat_template", None)
-    sources = template.values() if isinstance(template, Mapping) else [template]
-    return any(isinstance(s, str) and re.search(r"\btools\b", s) for s in sources)
 
 
 def format_tool_call(name: str, args: Mapping[str, Any], *, multiline: bool = False) -> str:
@@ -365,283 +274,6 @@ def format_tool_call(name: str, args: Mapping[str, Any], *, multiline: bool = Fa
     body = json.dumps({"name": name, "arguments": dict(args)}, ensure_ascii=False)
     sep = "\n" if multiline else ""
     return f"{TOOL_CALL_OPEN}{sep}{body}{sep}{TOOL_CALL_CLOSE}"
-
-
-def tools_system_section(
-    schemas: Sequence[Mapping[str, Any]],
-    mode: ToolChoiceMode = "auto",
-    forced_name: str | None = None,
-) -> str:
-    """The prompted-mode system-prompt section that lists tools and the call format."""
-    lines = [
-        "# Tools",
-        "",
-        "You may call one or more of the following tools to help with the user's request.",
-        "<tools>",
-    ]
-    for schema in schemas:
-        function = function_of(schema)
-        entry = {
-            "name": function["name"],
-            "description": function.get("description") or "",
-            "parameters": function.get("parameters") or {"type": "object", "properties": {}},
-        }
-        lines.append(json.dumps(entry, ensure_ascii=False))
-    lines += [
-        "</tools>",
-        "",
-        "To call a tool, reply with one line per call, in exactly this format:",
-        TOOL_CALL_OPEN
-        + '{"name": "<tool name>", "arguments": {<arguments as a JSON object>}}'
-        + TOOL_CALL_CLOSE,
-        "The arguments must match the tool's parameters schema. Each result comes back in a "
-        'user message as <tool_response name="<tool name>">...</tool_response>. When no tool '
-        "is needed, answer normally.",
-    ]
-    if forced_name is not None:
-        lines.append(f"You must call the tool `{forced_name}` now.")
-    elif mode == "required":
-        lines.append("You must call at least one tool now.")
-    return "\n".join(lines)
-
-
-def render_messages(
-    tokenizer: Any,
-    messages: Sequence[BaseMessage],
-    tools: Sequence[Any] | None = None,
-    tool_choice: Any = None,
-    *,
-    native: bool | None = None,
-) -> list[dict[str, Any]]:
-    """Convert LangChain messages into chat-template dicts for ``apply_chat_template``.
-
-    See the module docstring for the rules. In native mode the tools are *not* part of the
-    result: pass them to ``apply_chat_template(tools=...)`` (as `render_prompt` does).
-
-    Args:
-        tokenizer: The backbone's tokenizer (only its chat template is inspected).
-        messages: The conversation.
-        tools: Tools of any kind accepted by `to_tool_schemas`, or ``None``.
-        tool_choice: Any value accepted by `normalize_tool_choice`.
-        native: Force native (``True``) or prompted (``False``) mode; ``None`` decides with
-            `supports_tools`.
-
-    Returns:
-        A list of ``{"role", "content", ...}`` dicts; every ``content`` is a string.
-
-    Raises:
-        ValueError: media content blocks, unknown block types, or a bad ``tool_choice``.
-        TypeError: an unsupported message type.
-    """
-    schemas = to_tool_schemas(tools)
-    mode, forced = normalize_tool_choice(tool_choice, tool_names(schemas))
-    offered = [] if mode == "none" else schemas
-    if native is None:
-        native = supports_tools(tokenizer)
-    if native:
-        return _render_native(messages)
-    return _render_prompted(messages, offered, mode, forced)
-
-
-def render_prompt(
-    tokenizer: Any,
-    messages: Sequence[BaseMessage],
-    tools: Sequence[Any] | None = None,
-    tool_choice: Any = None,
-    *,
-    add_generation_prompt: bool = True,
-    native: bool | None = None,
-    **template_kwargs: Any,
-) -> str:
-    """Render the conversation (and tools) into the backbone's final prompt text.
-
-    Args:
-        tokenizer: The backbone's tokenizer; its chat template is applied.
-        messages, tools, tool_choice, native: As for `render_messages`.
-        add_generation_prompt: Append the assistant header so the model writes the reply.
-        **template_kwargs: Extra template variables (e.g. ``enable_thinking=False`` for
-            Qwen3).
-
-    Returns:
-        The prompt string (not tokenized).
-    """
-    schemas = to_tool_schemas(tools)
-    mode, _ = normalize_tool_choice(tool_choice, tool_names(schemas))
-    if native is None:
-        native = supports_tools(tokenizer)
-    conversation = render_messages(tokenizer, messages, schemas, tool_choice, native=native)
-    if native and schemas and mode != "none":
-        template_kwargs["tools"] = schemas
-    prompt = tokenizer.apply_chat_template(
-        conversation,
-        add_generation_prompt=add_generation_prompt,
-        tokenize=False,
-        **template_kwargs,
-    )
-    if not isinstance(prompt, str):  # defensive: some tokenizers return a one-item list
-        prompt = prompt[0]
-    return prompt
-
-
-def content_text(content: Any, role: str) -> str:
-    """Text of a message's content: strings and text blocks joined, reasoning and tool-call
-    blocks dropped, media blocks refused with ``ValueError`` (text-only backbone)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Mapping):
-        content = [content]
-    if not isinstance(content, Sequence):
-        raise ValueError(f"Unsupported {role} message content of type {type(content).__name__}")
-    parts: list[str] = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-            continue
-        kind = block.get("type") if isinstance(block, Mapping) else None
-        if kind == "text":
-            parts.append(str(block.get("text", "")))
-        elif kind in _DROPPED_BLOCK_TYPES:
-            continue
-        elif kind in _MEDIA_BLOCK_TYPES:
-            raise ValueError(
-                f"A {role} message contains a {kind!r} content block, but the backbone takes "
-                f"text only; send text blocks or a string"
-            )
-        else:
-            raise ValueError(
-                f"A {role} message contains an unsupported content block of type {kind!r}; "
-                f"the backbone takes text only (strings or 'text' blocks)"
-            )
-    return "".join(parts)
-
-
-_CHAT_MESSAGE_ROLES = {
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "ai": "assistant",
-    "system": "system",
-}
-
-
-def message_role(message: BaseMessage) -> str:
-    """``system``, ``user`` or ``assistant`` for a non-tool message (``ChatMessage`` roles
-    ``human``/``ai`` included); any other role raises ``ValueError`` naming it."""
-    if isinstance(message, SystemMessage):
-        return "system"
-    if isinstance(message, HumanMessage):
-        return "user"
-    if isinstance(message, AIMessage):
-        return "assistant"
-    if isinstance(message, ChatMessage):
-        role = _CHAT_MESSAGE_ROLES.get(message.role)
-        if role is None:
-            raise ValueError(
-                f"ChatMessage role {message.role!r} is not supported; use one of "
-                f"{sorted(_CHAT_MESSAGE_ROLES)} or a ToolMessage for tool results"
-            )
-        return role
-    raise ValueError(f"Unsupported message type {type(message).__name__} ({message.type!r})")
-
-
-def _tool_result_of(message: BaseMessage, names_by_id: dict[str, str]) -> dict[str, Any]:
-    """``{"tool_call_id", "name", "content", "status"}`` of a ToolMessage/FunctionMessage."""
-    if isinstance(message, ToolMessage):
-        call_id = message.tool_call_id
-        name = message.name or names_by_id.get(call_id) or ""
-        status = message.status
-    else:
-        call_id, name, status = "", message.name, "success"
-    return {
-        "tool_call_id": call_id,
-        "name": name,
-        "content": content_text(message.content, "tool"),
-        "status": status,
-    }
-
-
-def _render_native(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    rendered: list[dict[str, Any]] = []
-    names_by_id: dict[str, str] = {}
-    for message in messages:
-        if isinstance(message, ToolMessage | FunctionMessage):
-            result = _tool_result_of(message, names_by_id)
-            entry = {"role": "tool", "content": result["content"]}
-            if result["tool_call_id"]:
-                entry["tool_call_id"] = result["tool_call_id"]
-            if result["name"]:
-                entry["name"] = result["name"]
-            rendered.append(entry)
-            continue
-        role = message_role(message)
-        entry = {"role": role, "content": content_text(message.content, role)}
-        if isinstance(message, AIMessage) and message.tool_calls:
-            calls = []
-            for call in message.tool_calls:
-                if call.get("id"):
-                    names_by_id[call["id"]] = call["name"]
-                calls.append(
-                    {
-                        "type": "function",
-                        "id": call.get("id") or "",
-                        "function": {"name": call["name"], "arguments": dict(call["args"])},
-                    }
-                )
-            entry["tool_calls"] = calls
-        rendered.append(entry)
-    return rendered
-
-
-def _render_prompted(
-    messages: Sequence[BaseMessage],
-    schemas: list[dict[str, Any]],
-    mode: ToolChoiceMode,
-    forced: str | None,
-) -> list[dict[str, Any]]:
-    rendered: list[dict[str, Any]] = []
-    names_by_id: dict[str, str] = {}
-    previous_was_tool = False
-    for message in messages:
-        if isinstance(message, ToolMessage | FunctionMessage):
-            block = _tool_response_block(_tool_result_of(message, names_by_id))
-            if previous_was_tool:
-                rendered[-1]["content"] += "\n" + block
-            else:
-                rendered.append({"role": "user", "content": block})
-            previous_was_tool = True
-            continue
-        previous_was_tool = False
-        role = message_role(message)
-        text = content_text(message.content, role)
-        if isinstance(message, AIMessage) and message.tool_calls:
-            lines = [text] if text.strip() else []
-            for call in message.tool_calls:
-                if call.get("id"):
-                    names_by_id[call["id"]] = call["name"]
-                lines.append(format_tool_call(call["name"], call["args"]))
-            text = "\n".join(lines)
-        rendered.append({"role": role, "content": text})
-    if schemas:
-        section = tools_system_section(schemas, mode, forced)
-        if rendered and rendered[0]["role"] == "system":
-            head = rendered[0]["content"]
-            rendered[0]["content"] = f"{head}\n\n{section}" if head.strip() else section
-        else:
-            rendered.insert(0, {"role": "system", "content": section})
-    return rendered
-
-
-def _tool_response_block(result: Mapping[str, Any]) -> str:
-    # The call id is left out: ids are long random strings that only distract a small model;
-    # results follow the calls in order and carry the tool's name.
-    attrs = f' name="{_xml_attr(result["name"])}"'
-    if result["status"] == "error":
-        attrs += ' status="error"'
-    return f"<tool_response{attrs}>\n{result['content']}\n</tool_response>"
-
-
-def _xml_attr(value: str) -> str:
-    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
 
 
 # --------------------------------------------------------------------------------------

@@ -416,6 +416,36 @@ def turn_groups(messages: Sequence[Mapping[str, str]]) -> list[list[Mapping[str,
     return groups
 
 
+def write_history(
+    handle: DeltaMem,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    router: SourceRouter | None = None,
+    system_prompt: str = MEMORY_SYSTEM_PROMPT,
+    grad: bool = False,
+    gate_log: list[torch.Tensor] | None = None,
+    detach_inputs: bool = False,
+) -> MemoryState:
+    """A new state holding ``messages``, written turn by turn as the chat model writes them
+    (`turn_groups`, then `write_messages` per call): how training and evaluation build the
+    memory of an episode or a conversation."""
+    state = handle.new_state()
+    for group in turn_groups(messages):
+        write_messages(
+            handle,
+            tokenizer,
+            state,
+            group,
+            system_prompt=system_prompt,
+            router=router,
+            grad=grad,
+            gate_log=gate_log,
+            detach_inputs=detach_inputs,
+        )
+    return state
+
+
 def warn_long_messages(
     tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]], max_tokens: int
 ) -> None:

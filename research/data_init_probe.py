@@ -13,8 +13,8 @@ import torch
 
 from langchain_deltamem.backbones import load_backbone
 from langchain_deltamem.config import DeltaMemConfig
+from langchain_deltamem.episodes import generate_episodes
 from langchain_deltamem.injection import attach
-from langchain_deltamem.training.data import generate_episodes
 from langchain_deltamem.training.init import (
     estimate_means,
     init_content_directions,

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from state_spread import spread  # scripts/ is on the path when this runs as a script
 
 from langchain_deltamem.config import DeltaMemConfig
+from langchain_deltamem.episodes import generate_episodes
 from langchain_deltamem.evaluation.recall import content_nll
 from langchain_deltamem.layer import DeltaMemLayer
-from langchain_deltamem.training.data import generate_episodes
-from langchain_deltamem.training.episodes import write_history
 from langchain_deltamem.training.trainer import TrainConfig, Trainer
+from langchain_deltamem.writing import write_history
 
 _ORIGINAL = DeltaMemLayer.write_inputs
 

@@ -18,10 +18,9 @@ import time
 import torch
 
 from langchain_deltamem.engine import get_engine
-from langchain_deltamem.evaluation.recall import is_correct
+from langchain_deltamem.episodes import generate_episodes
 from langchain_deltamem.generation import GenerationSettings, generate
-from langchain_deltamem.training.data import generate_episodes
-from langchain_deltamem.training.episodes import answer_nll, question_ids
+from langchain_deltamem.reading import answer_nll, is_correct, question_ids
 
 
 def main() -> None:

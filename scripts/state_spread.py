@@ -15,8 +15,9 @@ import argparse
 import torch
 
 from langchain_deltamem.engine import get_engine
-from langchain_deltamem.training.data import generate_episodes
-from langchain_deltamem.training.episodes import between_episode_share, write_history
+from langchain_deltamem.episodes import generate_episodes
+from langchain_deltamem.training.episodes import between_episode_share
+from langchain_deltamem.writing import write_history
 
 
 def spread(states: list) -> list[float]:

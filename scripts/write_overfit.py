@@ -18,9 +18,10 @@ import time
 import torch
 
 from langchain_deltamem.engine import get_engine
-from langchain_deltamem.training.data import generate_episodes
-from langchain_deltamem.training.episodes import answer_nll, write_history
+from langchain_deltamem.episodes import generate_episodes
+from langchain_deltamem.reading import answer_nll
 from langchain_deltamem.training.trainer import trainable_parameters
+from langchain_deltamem.writing import write_history
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from langchain_deltamem import chat_model as chat_model_module
 from langchain_deltamem import engine as engine_module
+from langchain_deltamem import prompts as prompts_module
 from langchain_deltamem.backbones import EMBEDDED_BACKBONE
 from langchain_deltamem.chat_model import ChatDeltaMem
 from langchain_deltamem.engine import DEFAULT_ADAPTER, DeltaMemEngine, get_engine
@@ -355,13 +356,13 @@ def test_the_prompt_holds_the_system_message_and_the_window_only(
     memory: DeltaMemory, monkeypatch
 ) -> None:
     rendered: list[list[BaseMessage]] = []
-    original = chat_model_module.render_prompt
+    original = prompts_module.render_prompt
 
     def spy(tokenizer: Any, messages: Any, *args: Any, **kwargs: Any) -> str:
         rendered.append(list(messages))
         return original(tokenizer, messages, *args, **kwargs)
 
-    monkeypatch.setattr(chat_model_module, "render_prompt", spy)
+    monkeypatch.setattr(prompts_module, "render_prompt", spy)
     system = SystemMessage("You are terse.")
     history = [system, H1, A1, H2, A2, H3]
     make(memory, window=2, max_tokens=2, write_memory=False).invoke(history)

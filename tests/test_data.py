@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from langchain_deltamem.training.data import (
+from langchain_deltamem.episodes import (
     HELDOUT,
     KINDS,
     NO_INFORMATION,
@@ -22,12 +22,12 @@ from langchain_deltamem.training.data import (
     candidate_values,
     generate_episodes,
     load_chats_jsonl,
-    main,
     read_jsonl,
     template_sets,
     value_pool,
     write_jsonl,
 )
+from langchain_deltamem.episodes.cli import main
 
 # 6 kinds x 4 numbers of facts x 6: every combination, six times over.
 EPISODES = {split: generate_episodes(144, split=split, seed=11) for split in SPLITS}

@@ -6,16 +6,15 @@ import random
 
 import pytest
 
-from langchain_deltamem.evaluation.bootstrap import paired_difference, paired_ratio
+from langchain_deltamem.episodes import generate_episodes, swap_partners
 from langchain_deltamem.evaluation.recall import (
     CONDITIONS,
     _swap_partners,
-    is_correct,
-    normalize,
     summarize,
     to_markdown,
 )
-from langchain_deltamem.training.data import generate_episodes, swap_partners
+from langchain_deltamem.paired_bootstrap import paired_difference, paired_ratio
+from langchain_deltamem.reading import is_correct, normalize
 
 
 def test_a_constant_difference_has_a_zero_width_interval() -> None:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from langchain_deltamem.engine import get_engine
+from langchain_deltamem.episodes import generate_episodes
 from langchain_deltamem.evaluation.recall import CONDITIONS, RecallEvaluator, main
-from langchain_deltamem.training.data import generate_episodes
-from langchain_deltamem.training.episodes import question_ids
+from langchain_deltamem.reading import question_ids
 
 pytestmark = pytest.mark.slow
 

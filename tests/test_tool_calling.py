@@ -30,15 +30,13 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 from langchain_deltamem.json_constraint import JsonSchemaConstraint
+from langchain_deltamem.prompts import render_messages, render_prompt, supports_tools
 from langchain_deltamem.tool_calling import (
     format_tool_call,
     normalize_tool_choice,
     parse_ai_message,
     parse_tool_calls,
-    render_messages,
-    render_prompt,
     split_tool_calls,
-    supports_tools,
     to_tool_schemas,
     tool_names,
 )

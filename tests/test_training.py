@@ -15,20 +15,18 @@ from langchain_deltamem.chat_model import ChatDeltaMem
 from langchain_deltamem.cli import main as cli_main
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.engine import get_engine
+from langchain_deltamem.episodes import generate_episodes
 from langchain_deltamem.memory import DeltaMemory, message_to_dict
+from langchain_deltamem.reading import answer_ids, question_ids
 from langchain_deltamem.state import MemoryState
-from langchain_deltamem.training.data import generate_episodes
 from langchain_deltamem.training.episodes import (
-    answer_ids,
     between_episode_share,
     episode_loss,
     preservation_kl,
-    question_ids,
-    write_history,
 )
 from langchain_deltamem.training.run import parse_curriculum
 from langchain_deltamem.training.trainer import TrainConfig, Trainer, candidates_at, cosine_lr
-from langchain_deltamem.writing import turn_groups, write_messages
+from langchain_deltamem.writing import turn_groups, write_history, write_messages
 
 # --- pure parts ------------------------------------------------------------------------------
 

@@ -14,11 +14,11 @@ from langchain_deltamem.adapter_files import load_adapter, save_adapter
 from langchain_deltamem.backbones import load_backbone
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.engine import get_engine
+from langchain_deltamem.episodes import generate_episodes
 from langchain_deltamem.injection import attach
+from langchain_deltamem.reading import answer_nll
 from langchain_deltamem.segments import NO_SEGMENT, encode_segments
 from langchain_deltamem.training import batched
-from langchain_deltamem.training.data import generate_episodes
-from langchain_deltamem.training.episodes import answer_nll, write_history
 from langchain_deltamem.training.init import (
     estimate_means,
     init_content_directions,
@@ -32,7 +32,7 @@ from langchain_deltamem.training.trainer import (
     autoencoding,
     make_optimizer,
 )
-from langchain_deltamem.writing import SourceRouter
+from langchain_deltamem.writing import SourceRouter, write_history
 
 pytestmark = pytest.mark.slow
 
@@ -286,7 +286,7 @@ def test_attention_transfer_targets_are_what_attention_took_from_the_history() -
 
 def test_batched_greedy_replies_equal_the_chat_models_decode_loop() -> None:
     from langchain_deltamem.evaluation.recall import RecallEvaluator
-    from langchain_deltamem.training.episodes import question_ids
+    from langchain_deltamem.reading import question_ids
 
     engine = get_engine()
     evaluator = RecallEvaluator(engine, max_new_tokens=8)

@@ -46,11 +46,12 @@ from typing import Any, TextIO
 import torch
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from ..baselines import MiniLMEmbeddings, VectorMemory, buffer_window, prompt_ids
+from ..baselines import MiniLMEmbeddings, VectorMemory, buffer_window
 from ..chat_model import ChatDeltaMem
 from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate
 from ..memory import DeltaMemory, message_to_dict
+from ..prompts import prompt_ids
 from ..segments import encode_segments
 from ..writing import MEMORY_SYSTEM_PROMPT, write_messages
 from .turns import conversation
@@ -221,7 +222,7 @@ def measure_buffer(engine: DeltaMemEngine, history: list[BaseMessage], user: str
     limit = engine.context_length - MAX_TOKENS - 1
     t0 = time.perf_counter()
     kept = buffer_window(messages, engine, limit) or messages[-1:]
-    ids = prompt_ids(engine, kept)[:, -limit:]
+    ids = prompt_ids(engine.tokenizer, kept)[:, -limit:]
     t1 = time.perf_counter()
     result = generate(engine.model, engine.tokenizer, ids, GenerationSettings(MAX_TOKENS))
     t2 = time.perf_counter()
@@ -247,7 +248,7 @@ def measure_vector(
     t0 = time.perf_counter()
     found = store.retrieved_messages(user, k=RETRIEVE_K, before=len(messages) - len(recent))
     prompt = ([SystemMessage(VECTOR_SYSTEM + found)] if found else []) + recent
-    ids = prompt_ids(engine, prompt)
+    ids = prompt_ids(engine.tokenizer, prompt)
     result = generate(engine.model, engine.tokenizer, ids, GenerationSettings(MAX_TOKENS))
     store.add([HumanMessage(user), AIMessage(result.text)])
     seconds = time.perf_counter() - t0
@@ -378,7 +379,7 @@ def run(
     generate(
         engine.model,
         engine.tokenizer,
-        prompt_ids(engine, [HumanMessage("Hi")]),
+        prompt_ids(engine.tokenizer, [HumanMessage("Hi")]),
         GenerationSettings(4),
     )
     embeddings.embed_query("warm-up")

@@ -31,7 +31,8 @@ import torch
 from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate
 from ..json_constraint import JsonSchemaConstraint
-from ..tool_calling import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, render_prompt, to_tool_schemas
+from ..prompts import prompt_ids
+from ..tool_calling import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, to_tool_schemas
 
 WEATHER = {
     "type": "function",
@@ -158,16 +159,15 @@ class _Case:
         if self.tool:
             schemas = to_tool_schemas([spec])
             name = spec["function"]["name"]
-            text = render_prompt(tokenizer, _messages(prompt), schemas, name)
+            self.input_ids = prompt_ids(tokenizer, _messages(prompt), schemas, name)
             self.hand: Callable[..., JsonSchemaConstraint] = lambda **kw: JsonSchemaConstraint(
                 tokenizer, schemas, name, multiline=False, **kw
             )
             lark = _tool_lark(spec["function"])
         else:
-            text = render_prompt(tokenizer, _messages(prompt), None, None)
+            self.input_ids = prompt_ids(tokenizer, _messages(prompt))
             self.hand = lambda **kw: JsonSchemaConstraint.for_document(tokenizer, spec, **kw)
             lark = _document_lark(spec)
-        self.input_ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
         self.grammar = llg.LLMatcher.grammar_from_lark(lark)
         self.llg, self.lltok = llg, lltok
         recorder = _Recorder(self.hand(), _LlgProcessor(self.matcher()))

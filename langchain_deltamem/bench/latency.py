@@ -36,7 +36,7 @@ from ..chat_model import ChatDeltaMem
 from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate
 from ..memory import DeltaMemory
-from ..tool_calling import render_prompt
+from ..prompts import prompt_ids
 from . import cost
 from .turns import conversation
 
@@ -85,8 +85,7 @@ def time_bare(engine: DeltaMemEngine, windower: ChatDeltaMem, messages: list[Bas
     """The same window (``windower``'s turn policy), rendered and generated without δ-mem."""
     t0 = time.perf_counter()
     window = windower._prompt_messages(messages)
-    text = render_prompt(engine.tokenizer, window, None, None)
-    ids = engine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    ids = prompt_ids(engine.tokenizer, window)
     result = generate(engine.model, engine.tokenizer, ids, GenerationSettings(cost.MAX_TOKENS))
     return {"s": time.perf_counter() - t0, "out": result.completion_tokens}
 

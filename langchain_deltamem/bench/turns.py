@@ -30,11 +30,12 @@ from typing import Any, TextIO
 import torch
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from ..baselines import buffer_window, prompt_ids
+from ..baselines import buffer_window
 from ..chat_model import ChatDeltaMem
 from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate
 from ..memory import DeltaMemory
+from ..prompts import prompt_ids
 
 WINDOW = 6
 MAX_TOKENS = 16
@@ -140,11 +141,11 @@ def buffer_prompt(
     """The buffer's prompt ids: the whole history, cut from the oldest message to fit the
     context (the same budget as ChatDeltaMem), and the untruncated history's token count."""
     limit = engine.context_length - max_tokens - 1
-    full = prompt_ids(engine, messages)
+    full = prompt_ids(engine.tokenizer, messages)
     if full.shape[1] <= limit:
         return full, full.shape[1]
     kept = buffer_window(messages, engine, limit) or messages[-1:]  # the newest, cut if alone
-    return prompt_ids(engine, kept)[:, -limit:], full.shape[1]
+    return prompt_ids(engine.tokenizer, kept)[:, -limit:], full.shape[1]
 
 
 # --- the run --------------------------------------------------------------------------------

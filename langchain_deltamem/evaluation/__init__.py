@@ -1,1 +1,1 @@
-"""Evaluation: paired bootstrap intervals, held-out recall, LoCoMo and cost curves."""
+"""Evaluation: held-out recall, plain-text perplexity and LoCoMo against the baselines."""

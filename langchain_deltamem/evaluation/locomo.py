@@ -38,11 +38,10 @@ from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate, output_cache
+from ..paired_bootstrap import paired_difference, paired_ratio
+from ..prompts import prompt_ids, render_prompt, text_ids
 from ..state import MemoryState
-from ..tool_calling import render_prompt
-from ..training.episodes import write_history
-from ..writing import MEMORY_SYSTEM_PROMPT
-from .bootstrap import paired_difference, paired_ratio
+from ..writing import MEMORY_SYSTEM_PROMPT, write_history
 from .locomo_data import Conversation, Question, Turn, load_locomo, memory_messages, transcript
 from .locomo_scoring import CATEGORIES, qa_prompt, score
 
@@ -136,14 +135,13 @@ class LoCoMoEvaluator:
 
     def prompt_ids(self, context: str, question: Question) -> torch.Tensor:
         body = f"{context}\n\n" if context else ""
-        text = render_prompt(
+        return prompt_ids(
             self.engine.tokenizer,
             [
                 SystemMessage(MEMORY_SYSTEM_PROMPT),
                 HumanMessage(body + qa_prompt(question.question, question.category)),
             ],
         )
-        return self.engine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
 
     def answer(
         self,
@@ -266,7 +264,7 @@ class LoCoMoEvaluator:
         start = _fit_from_end(tokenizer, turns, budget)
         while True:
             prefix_text = self._buffer_prefix_text(transcript(turns[start:]))
-            ids = tokenizer(prefix_text, add_special_tokens=False, return_tensors="pt").input_ids
+            ids = text_ids(tokenizer, prefix_text)
             if ids.shape[1] <= budget or start >= len(turns) - 1:
                 break
             start += max(1, (len(turns) - start) // 50)
@@ -291,8 +289,7 @@ class LoCoMoEvaluator:
         suffix = template[template.index(_MARKER) :].replace(
             _MARKER, qa_prompt(question.question, question.category), 1
         )
-        tokenizer = self.engine.tokenizer
-        return tokenizer(suffix, add_special_tokens=False, return_tensors="pt").input_ids
+        return text_ids(self.engine.tokenizer, suffix)
 
     def _answer_from_buffer(self, buffer: BufferPrefix, question: Question) -> str:
         ids = self.buffer_suffix_ids(question)

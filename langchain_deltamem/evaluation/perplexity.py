@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
-from ..segments import chat_ids
-from ..training.data import generate_episodes
-from ..training.episodes import write_history
-from .bootstrap import paired_difference
+from ..episodes import generate_episodes
+from ..paired_bootstrap import paired_difference
+from ..prompts import chat_ids
+from ..writing import write_history
 
 GOAL_RATIO = 1.05
 Chat = Sequence[Mapping[str, str]]

@@ -19,54 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import string
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import HumanMessage, SystemMessage
 from tqdm import tqdm
 
 from ..engine import DeltaMemEngine, get_engine
+from ..episodes import Episode, generate_episodes, swap_partners
 from ..generation import GenerationSettings, generate
-from ..tool_calling import render_prompt
-from ..training.data import Episode, generate_episodes, swap_partners
-from ..training.episodes import answer_nll, question_ids, write_history
-from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, parse_tool_states
-from .bootstrap import paired_difference
+from ..paired_bootstrap import paired_difference
+from ..prompts import fit_to_context, history_messages
+from ..reading import answer_nll, is_correct, question_ids
+from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, parse_tool_states, write_history
 
 CONDITIONS = ("right", "swapped", "zero", "question_only", "full_history")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize(text: str) -> str:
-    """Lower case, no punctuation or articles, single spaces."""
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def is_correct(reply: str, gold: str) -> bool:
-    """Whether the normalised gold answer occurs in the normalised reply."""
-    target = normalize(gold)
-    return bool(target) and target in normalize(reply)
-
-
-def history_messages(episode: Episode) -> list[BaseMessage]:
-    """The history as prompt messages (tool results quoted in a user turn, as rendered for
-    backbones without a tool role)."""
-    out: list[BaseMessage] = []
-    for message in episode.history():
-        role, content = message["role"], message["content"]
-        if role == "assistant":
-            out.append(AIMessage(content))
-        elif role == "tool":
-            name = message["source"].removeprefix("tool:")
-            out.append(HumanMessage(f'<tool_response name="{name}">\n{content}\n</tool_response>'))
-        else:
-            out.append(HumanMessage(content))
-    return out
 
 
 class RecallEvaluator:
@@ -107,15 +76,10 @@ class RecallEvaluator:
     def answer_with_history(self, episode: Episode) -> str:
         """Greedy reply of the bare backbone with the whole history in the prompt."""
         tokenizer = self.engine.tokenizer
-        messages = [SystemMessage(self.system_prompt), *history_messages(episode)]
+        messages = [SystemMessage(self.system_prompt), *history_messages(episode.history())]
         messages.append(HumanMessage(episode.question))
         limit = self.engine.context_length - self.settings.max_tokens - 1
-        while True:
-            text = render_prompt(tokenizer, messages)
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-            if ids.shape[1] <= limit or len(messages) <= 2:
-                break
-            messages.pop(1)  # drop the oldest history message
+        _, ids = fit_to_context(tokenizer, messages, limit)  # drops the oldest history first
         return generate(self.engine.model, tokenizer, ids[:, -limit:], self.settings).text
 
     def run(

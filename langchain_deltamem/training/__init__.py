@@ -1,1 +1,1 @@
-"""Training: synthetic episodes, the episode trainer, held-out recall evaluation."""
+"""Training: one episode's loss, batched objectives, probes, the trainer and ``deltamem train``."""

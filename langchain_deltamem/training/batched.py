@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from ..injection import DeltaMem
+from ..prompts import history_messages, prompt_ids
+from ..reading import answer_ids, question_ids
 from ..segments import encode_segments
 from ..state import MemoryState
-from ..tool_calling import render_prompt
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, turn_groups
-from .episodes import answer_ids, question_ids
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -79,7 +79,7 @@ def write_histories(
 ) -> MemoryState:
     """One state per history (``[B, …]``), written turn by turn as the chat model writes it.
 
-    Same calls, segments and routing as `episodes.write_history` per history; the c-th write
+    Same calls, segments and routing as `writing.write_history` per history; the c-th write
     call of every history that has one runs in one padded forward."""
     router = router or SourceRouter(handle.config.num_states)
     state = handle.new_state(len(histories))
@@ -216,10 +216,8 @@ def history_batch(
     """The teacher's input: the same prompt with the whole history before the question."""
     prompts = []
     for history, question in zip(histories, questions, strict=True):
-        messages = [SystemMessage(system_prompt), *prompt_messages(history)]
-        text = render_prompt(tokenizer, [*messages, HumanMessage(question)])
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids  # type: ignore[operator]
-        prompts.append(ids[0])
+        messages = [SystemMessage(system_prompt), *history_messages(history)]
+        prompts.append(prompt_ids(tokenizer, [*messages, HumanMessage(question)])[0])
     return score_batch(tokenizer, prompts, [answer_ids(tokenizer, a) for a in answers])
 
 
@@ -229,28 +227,11 @@ def history_spans(
     """Where each history sits in its `history_batch` row: ``(first, end)`` token indices."""
 
     def length(messages: list[BaseMessage]) -> int:
-        text = render_prompt(tokenizer, messages, add_generation_prompt=False)
-        return len(tokenizer(text, add_special_tokens=False).input_ids)  # type: ignore[operator]
+        return int(prompt_ids(tokenizer, messages, add_generation_prompt=False).shape[1])
 
     system = [SystemMessage(system_prompt)]
     start = length(system)
-    return [(start, length([*system, *prompt_messages(h)])) for h in histories]
-
-
-def prompt_messages(history: Messages) -> list[BaseMessage]:
-    """A written history as prompt messages (tool results quoted in a user turn, as rendered
-    for backbones without a tool role)."""
-    out: list[BaseMessage] = []
-    for message in history:
-        role, content = message["role"], message["content"]
-        if role == "assistant":
-            out.append(AIMessage(content))
-        elif role == "tool":
-            name = str(message.get("source", "tool")).removeprefix("tool:")
-            out.append(HumanMessage(f'<tool_response name="{name}">\n{content}\n</tool_response>'))
-        else:
-            out.append(HumanMessage(content))
-    return out
+    return [(start, length([*system, *history_messages(h)])) for h in histories]
 
 
 def scored_logits(
@@ -289,7 +270,7 @@ def per_row_mean(values: torch.Tensor, batch: ScoredBatch) -> torch.Tensor:
 def answer_nlls(
     handle: DeltaMem, batch: ScoredBatch, state: MemoryState | None, *, bf16: bool = False
 ) -> torch.Tensor:
-    """Mean answer NLL per row ``[B]`` (as `episodes.answer_nll` per episode)."""
+    """Mean answer NLL per row ``[B]`` (as `reading.answer_nll` per episode)."""
     logits = scored_logits(handle, batch, state, bf16=bf16)
     nll = F.cross_entropy(logits, batch.targets.to(logits.device), reduction="none")
     return per_row_mean(nll, batch)

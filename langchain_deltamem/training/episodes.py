@@ -1,9 +1,9 @@
 """One training episode as tensors: the write pass and the read pass, and their loss.
 
-The write pass is the chat model's own: `writing.turn_groups` splits the history into the write
-calls `ChatDeltaMem` makes while living through it, and each call goes through
-`writing.write_messages` (same segments, sources and MSW routing), with gradients kept through
-the state. The read pass renders the question the way the chat model renders a prompt (the
+The write pass is the chat model's own, `writing.write_history`: the history split into the
+write calls `ChatDeltaMem` makes while living through it, each through `writing.write_messages`
+(same segments, sources and MSW routing), with gradients kept through the state. The read pass
+is `reading.answer_nll`: the question rendered the way the chat model renders a prompt (the
 memory system prompt, then the question; the history is in memory only), with writes off, and
 the loss is the cross-entropy of the answer tokens (and the end-of-turn token) only.
 """
@@ -15,15 +15,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from langchain_core.messages import HumanMessage, SystemMessage
 
 from ..injection import DeltaMem
-from ..segments import chat_ids
+from ..prompts import chat_ids
+from ..reading import answer_nll
 from ..state import MemoryState
-from ..tool_calling import render_prompt
-from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, turn_groups, write_messages
-
-IGNORE = -100
+from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, write_history
 
 
 @dataclass
@@ -35,70 +32,6 @@ class EpisodeLoss:
     gate_mean: torch.Tensor  # mean write gate of what was written (detached)
     tokens: int  # tokens through the backbone (write + read passes)
     swapped_nll: torch.Tensor | None = None  # the answer read with another episode's state
-
-
-def write_history(
-    handle: DeltaMem,
-    tokenizer: object,
-    messages: Sequence[Mapping[str, str]],
-    *,
-    router: SourceRouter | None = None,
-    system_prompt: str = MEMORY_SYSTEM_PROMPT,
-    grad: bool = False,
-    gate_log: list[torch.Tensor] | None = None,
-    detach_inputs: bool = False,
-) -> MemoryState:
-    """A new state holding ``messages``, written turn by turn as the chat model writes them."""
-    state = handle.new_state()
-    for group in turn_groups(messages):
-        write_messages(
-            handle,
-            tokenizer,  # type: ignore[arg-type]
-            state,
-            group,
-            system_prompt=system_prompt,
-            router=router,
-            grad=grad,
-            gate_log=gate_log,
-            detach_inputs=detach_inputs,
-        )
-    return state
-
-
-def question_ids(
-    tokenizer: object, question: str, system_prompt: str = MEMORY_SYSTEM_PROMPT
-) -> torch.Tensor:
-    """Prompt ids of a question as the chat model renders it (``[1, T]``)."""
-    text = render_prompt(tokenizer, [SystemMessage(system_prompt), HumanMessage(question)])
-    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids  # type: ignore[operator]
-
-
-def answer_ids(tokenizer: object, answer: str) -> torch.Tensor:
-    """Ids of the answer followed by the end-of-turn token (what generation must produce)."""
-    ids = tokenizer(answer, add_special_tokens=False).input_ids  # type: ignore[operator]
-    eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
-    return torch.tensor([*ids, eos])
-
-
-def answer_nll(
-    handle: DeltaMem,
-    tokenizer: object,
-    state: MemoryState,
-    question: str,
-    answer: str,
-    *,
-    system_prompt: str = MEMORY_SYSTEM_PROMPT,
-) -> tuple[torch.Tensor, int]:
-    """Mean NLL of the answer tokens given the question, reading ``state`` (writes off)."""
-    prompt = question_ids(tokenizer, question, system_prompt)[0]
-    target = answer_ids(tokenizer, answer)
-    ids = torch.cat([prompt, target])[None].to(state.device)
-    labels = torch.full_like(ids, IGNORE)
-    labels[0, prompt.shape[0] :] = target.to(ids.device)
-    with handle.memory(state, track_corrections=False):
-        logits = handle.model(ids, use_cache=False).logits
-    nll = F.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=IGNORE)
-    return nll, int(ids.shape[1])
 
 
 def preservation_kl(

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 
 import torch
 
+from ..episodes import Episode
 from ..injection import DeltaMem
 from ..segments import encode_segments
 from ..writing import MEMORY_SYSTEM_PROMPT
 from .batched import backbone_precision
-from .data import Episode
 
 
 @torch.no_grad()

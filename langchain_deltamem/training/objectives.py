@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..episodes import Episode, swap_partners
 from ..injection import DeltaMem
 from ..state import MemoryState
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
 from . import batched, transfer
-from .data import Episode, swap_partners
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 
-from ..evaluation.bootstrap import paired_difference
-from ..evaluation.recall import is_correct
+from ..episodes import Episode, generate_episodes, swap_partners
 from ..injection import DeltaMem
+from ..paired_bootstrap import paired_difference
+from ..reading import is_correct, question_ids
 from ..state import MemoryState
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
 from . import batched
-from .data import Episode, generate_episodes, swap_partners
-from .episodes import question_ids
 
 PROBE_SEED = 1234
 

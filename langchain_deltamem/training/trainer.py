@@ -32,13 +32,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from .. import episodes as episode_data
 from ..adapter_files import load_adapter, save_adapter
 from ..backbones import load_backbone
 from ..config import DeltaMemConfig
 from ..injection import attach
-from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
-from . import data as episode_data
-from .episodes import between_episode_share, episode_loss, preservation_kl, write_history
+from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, write_history
+from .episodes import between_episode_share, episode_loss, preservation_kl
 from .init import estimate_means, init_content_directions, segment_inputs
 from .objectives import ObjectiveWeights, batch_loss
 from .probe import content_probe, controls, probe_episodes
