@@ -6,11 +6,11 @@ Own format, a directory with
   "checksum"}`` (sha256 of this config and the weights file, so damage is refused);
 * ``adapter_model.safetensors``: fp32 tensors named ``<attention path>.<parameter>``.
 
-Reference format (DELTAMEM.md §4), a directory with ``delta_mem_config.json`` and
-``delta_mem_adapter.pt``, a ``torch.save``d dict of tensors read with ``weights_only=True``
-(never a plain unpickle; its zip CRC32s are checked first). Loading either is strict: every
-tensor the model needs must be there with its exact shape and finite values, and nothing else
-may be, or nothing is loaded.
+Reference format (DELTAMEM.md §4; its config dialect is translated in `adapter_reference`), a
+directory with ``delta_mem_config.json`` and ``delta_mem_adapter.pt``, a ``torch.save``d dict
+of tensors read with ``weights_only=True`` (never a plain unpickle; its zip CRC32s are checked
+first). Loading either is strict: every tensor the model needs must be there with its exact
+shape and finite values, and nothing else may be, or nothing is loaded.
 """
 
 from __future__ import annotations
@@ -29,13 +29,17 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from .adapter_reference import (
+    REFERENCE_CONFIG_FILE,
+    REFERENCE_WEIGHTS_FILE,
+    config_from_reference,
+    config_to_reference,
+)
 from .config import DeltaMemConfig
 from .injection import DeltaMem, UnsupportedModelError, attach
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-REFERENCE_CONFIG_FILE = "delta_mem_config.json"
-REFERENCE_WEIGHTS_FILE = "delta_mem_adapter.pt"
 ADAPTER_FORMAT = "langchain-deltamem/adapter"
 ADAPTER_VERSION = 1
 _HEADS = ("q", "k", "v", "o")
@@ -85,7 +89,7 @@ def save_adapter(
                     width = _unwrap(getattr(attention, f"{head}_proj")).out_features
                     name = f"{handle.paths[layer_id]}.delta_{head}_proj"
                     tensors[name] = torch.zeros(width, rows)
-        body = handle.config.to_reference_dict()
+        body = config_to_reference(handle.config)
         _atomic_write(path / REFERENCE_WEIGHTS_FILE, lambda f: torch.save(tensors, f))
         _atomic_write(path / REFERENCE_CONFIG_FILE, lambda f: Path(f).write_text(_dumps(body)))
     else:
@@ -216,7 +220,7 @@ def _read_own(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict
 def _read_reference(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
     body = _read_json(path / REFERENCE_CONFIG_FILE)
     try:
-        config = DeltaMemConfig.from_reference_dict(body)
+        config = config_from_reference(body)
     except ValueError as err:
         raise AdapterFileError(f"{path / REFERENCE_CONFIG_FILE}: {err}") from err
     weights = path / REFERENCE_WEIGHTS_FILE
