@@ -15,7 +15,6 @@ shape and finite values, and nothing else may be, or nothing is loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -37,14 +36,21 @@ from .adapter_reference import (
 )
 from .config import DeltaMemConfig
 from .injection import DeltaMem, UnsupportedModelError, attach
+from .records import CHECKSUM, RecordFormat, checksum_mismatch, checksum_of, without_checksum
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_FORMAT = "langchain-deltamem/adapter"
 ADAPTER_VERSION = 1
 _HEADS = ("q", "k", "v", "o")
-_OWN_FIELDS = {"format", "version", "config", "backbone"}
-_CHECKSUM = "checksum"  # optional (adapters saved before it existed have none)
+_OWN_RECORD = RecordFormat(
+    format=ADAPTER_FORMAT,
+    version=ADAPTER_VERSION,
+    fields=frozenset({"format", "version", "config", "backbone"}),
+    wrong_format="{where}: format {value!r}",
+    wrong_version="{where}: unsupported version {value!r}",
+    unknown="{where}: unknown field(s) {value}",
+)
 
 
 class AdapterFileError(ValueError):
@@ -77,7 +83,7 @@ def save_adapter(
             },
         }
         raw = safetensors_save(tensors)
-        body[_CHECKSUM] = _checksum(body, raw)  # covers config and weights: damage is refused
+        body[CHECKSUM] = _checksum(body, raw)  # covers config and weights: damage is refused
         _atomic_write(path / ADAPTER_WEIGHTS_FILE, lambda f: Path(f).write_bytes(raw))
         _atomic_write(path / ADAPTER_CONFIG_FILE, lambda f: Path(f).write_text(_dumps(body)))
     elif format == "reference":
@@ -184,14 +190,7 @@ def load_adapter(
 # --- readers ------------------------------------------------------------------------------
 def _read_own(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
     body = _read_json(path / ADAPTER_CONFIG_FILE)
-    if body.get("format") != ADAPTER_FORMAT:
-        raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: format {body.get('format')!r}")
-    unknown = sorted(set(body) - _OWN_FIELDS - {_CHECKSUM})
-    if unknown:
-        raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: unknown field(s) {unknown}")
-    version = body.get("version")
-    if not isinstance(version, int) or not 1 <= version <= ADAPTER_VERSION:
-        raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: unsupported version {version!r}")
+    _OWN_RECORD.check(body, AdapterFileError, where=str(path / ADAPTER_CONFIG_FILE))
     try:
         config = DeltaMemConfig.from_json_dict(body.get("config"))
     except ValueError as err:
@@ -206,14 +205,11 @@ def _read_own(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict
         raise AdapterFileError(f"{weights} is corrupt: {err}") from err
     backbone = body.get("backbone") if isinstance(body.get("backbone"), dict) else {}
     info: dict[str, Any] = {"format": "own", "backbone": backbone}
-    if _CHECKSUM in body:
-        expected = body[_CHECKSUM]
-        actual = _checksum({k: v for k, v in body.items() if k != _CHECKSUM}, raw)
-        if expected != actual:
-            info["integrity_error"] = (
-                f"{path}: checksum mismatch between {ADAPTER_CONFIG_FILE} and "
-                f"{ADAPTER_WEIGHTS_FILE} (a file was altered or damaged)"
-            )
+    if checksum_mismatch(body, lambda: _checksum(without_checksum(body), raw)):
+        info["integrity_error"] = (
+            f"{path}: checksum mismatch between {ADAPTER_CONFIG_FILE} and "
+            f"{ADAPTER_WEIGHTS_FILE} (a file was altered or damaged)"
+        )
     return config, tensors, info
 
 
@@ -259,10 +255,7 @@ def _drop_inactive_heads(
 # --- integrity ----------------------------------------------------------------------------
 def _checksum(body: dict[str, Any], weights: bytes) -> str:
     """sha256 of the canonical config JSON (without the checksum) and the weights file."""
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
-    digest.update(b"\0")
-    digest.update(weights)
-    return "sha256:" + digest.hexdigest()
+    return checksum_of(body, b"\0", weights)
 
 
 def _check_integrity(info: dict[str, Any]) -> None:
