@@ -302,6 +302,8 @@ class ChatDeltaMem(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        """One reply: prepare the call, decode it, then the final chunk and the turn's write;
+        the batcher is told first, so a batch that starts meanwhile waits for this reply."""
         if not messages:
             raise ValueError("ChatDeltaMem needs at least one message")
         if kwargs.get("model") is not None:  # one loaded engine per model: no per-call switch
