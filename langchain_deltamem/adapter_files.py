@@ -6,16 +6,15 @@ Own format, a directory with
   "checksum"}`` (sha256 of this config and the weights file, so damage is refused);
 * ``adapter_model.safetensors``: fp32 tensors named ``<attention path>.<parameter>``.
 
-Reference format (DELTAMEM.md §4), a directory with ``delta_mem_config.json`` and
-``delta_mem_adapter.pt``, a ``torch.save``d dict of tensors read with ``weights_only=True``
-(never a plain unpickle; its zip CRC32s are checked first). Loading either is strict: every
-tensor the model needs must be there with its exact shape and finite values, and nothing else
-may be, or nothing is loaded.
+Reference format (DELTAMEM.md §4; its config dialect is translated in `adapter_reference`), a
+directory with ``delta_mem_config.json`` and ``delta_mem_adapter.pt``, a ``torch.save``d dict
+of tensors read with ``weights_only=True`` (never a plain unpickle; its zip CRC32s are checked
+first). Loading either is strict: every tensor the model needs must be there with its exact
+shape and finite values, and nothing else may be, or nothing is loaded.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -29,18 +28,29 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from .adapter_reference import (
+    REFERENCE_CONFIG_FILE,
+    REFERENCE_WEIGHTS_FILE,
+    config_from_reference,
+    config_to_reference,
+)
 from .config import DeltaMemConfig
 from .injection import DeltaMem, UnsupportedModelError, attach
+from .records import CHECKSUM, RecordFormat, checksum_mismatch, checksum_of, without_checksum
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-REFERENCE_CONFIG_FILE = "delta_mem_config.json"
-REFERENCE_WEIGHTS_FILE = "delta_mem_adapter.pt"
 ADAPTER_FORMAT = "langchain-deltamem/adapter"
 ADAPTER_VERSION = 1
 _HEADS = ("q", "k", "v", "o")
-_OWN_FIELDS = {"format", "version", "config", "backbone"}
-_CHECKSUM = "checksum"  # optional (adapters saved before it existed have none)
+_OWN_RECORD = RecordFormat(
+    format=ADAPTER_FORMAT,
+    version=ADAPTER_VERSION,
+    fields=frozenset({"format", "version", "config", "backbone"}),
+    wrong_format="{where}: format {value!r}",
+    wrong_version="{where}: unsupported version {value!r}",
+    unknown="{where}: unknown field(s) {value}",
+)
 
 
 class AdapterFileError(ValueError):
@@ -73,7 +83,7 @@ def save_adapter(
             },
         }
         raw = safetensors_save(tensors)
-        body[_CHECKSUM] = _checksum(body, raw)  # covers config and weights: damage is refused
+        body[CHECKSUM] = _checksum(body, raw)  # covers config and weights: damage is refused
         _atomic_write(path / ADAPTER_WEIGHTS_FILE, lambda f: Path(f).write_bytes(raw))
         _atomic_write(path / ADAPTER_CONFIG_FILE, lambda f: Path(f).write_text(_dumps(body)))
     elif format == "reference":
@@ -85,7 +95,7 @@ def save_adapter(
                     width = _unwrap(getattr(attention, f"{head}_proj")).out_features
                     name = f"{handle.paths[layer_id]}.delta_{head}_proj"
                     tensors[name] = torch.zeros(width, rows)
-        body = handle.config.to_reference_dict()
+        body = config_to_reference(handle.config)
         _atomic_write(path / REFERENCE_WEIGHTS_FILE, lambda f: torch.save(tensors, f))
         _atomic_write(path / REFERENCE_CONFIG_FILE, lambda f: Path(f).write_text(_dumps(body)))
     else:
@@ -180,14 +190,7 @@ def load_adapter(
 # --- readers ------------------------------------------------------------------------------
 def _read_own(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
     body = _read_json(path / ADAPTER_CONFIG_FILE)
-    if body.get("format") != ADAPTER_FORMAT:
-        raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: format {body.get('format')!r}")
-    unknown = sorted(set(body) - _OWN_FIELDS - {_CHECKSUM})
-    if unknown:
-        raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: unknown field(s) {unknown}")
-    version = body.get("version")
-    if not isinstance(version, int) or not 1 <= version <= ADAPTER_VERSION:
-        raise AdapterFileError(f"{path / ADAPTER_CONFIG_FILE}: unsupported version {version!r}")
+    _OWN_RECORD.check(body, AdapterFileError, where=str(path / ADAPTER_CONFIG_FILE))
     try:
         config = DeltaMemConfig.from_json_dict(body.get("config"))
     except ValueError as err:
@@ -202,21 +205,18 @@ def _read_own(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict
         raise AdapterFileError(f"{weights} is corrupt: {err}") from err
     backbone = body.get("backbone") if isinstance(body.get("backbone"), dict) else {}
     info: dict[str, Any] = {"format": "own", "backbone": backbone}
-    if _CHECKSUM in body:
-        expected = body[_CHECKSUM]
-        actual = _checksum({k: v for k, v in body.items() if k != _CHECKSUM}, raw)
-        if expected != actual:
-            info["integrity_error"] = (
-                f"{path}: checksum mismatch between {ADAPTER_CONFIG_FILE} and "
-                f"{ADAPTER_WEIGHTS_FILE} (a file was altered or damaged)"
-            )
+    if checksum_mismatch(body, lambda: _checksum(without_checksum(body), raw)):
+        info["integrity_error"] = (
+            f"{path}: checksum mismatch between {ADAPTER_CONFIG_FILE} and "
+            f"{ADAPTER_WEIGHTS_FILE} (a file was altered or damaged)"
+        )
     return config, tensors, info
 
 
 def _read_reference(path: Path) -> tuple[DeltaMemConfig, dict[str, torch.Tensor], dict[str, Any]]:
     body = _read_json(path / REFERENCE_CONFIG_FILE)
     try:
-        config = DeltaMemConfig.from_reference_dict(body)
+        config = config_from_reference(body)
     except ValueError as err:
         raise AdapterFileError(f"{path / REFERENCE_CONFIG_FILE}: {err}") from err
     weights = path / REFERENCE_WEIGHTS_FILE
@@ -255,10 +255,7 @@ def _drop_inactive_heads(
 # --- integrity ----------------------------------------------------------------------------
 def _checksum(body: dict[str, Any], weights: bytes) -> str:
     """sha256 of the canonical config JSON (without the checksum) and the weights file."""
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
-    digest.update(b"\0")
-    digest.update(weights)
-    return "sha256:" + digest.hexdigest()
+    return checksum_of(body, b"\0", weights)
 
 
 def _check_integrity(info: dict[str, Any]) -> None:

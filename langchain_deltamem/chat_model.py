@@ -31,7 +31,7 @@ import dataclasses
 import json
 import threading
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -66,7 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from .backbones import EMBEDDED_BACKBONE
 from .batcher import Announcement, get_batcher
 from .engine import DeltaMemEngine, get_engine
-from .generation import GenerationSettings
+from .generation import GenerationResult, GenerationSettings
 from .json_constraint import JsonSchemaConstraint
 from .memory import DeltaMemory, callback_progress, message_to_dict
 from .prompts import fit_to_context
@@ -302,6 +302,8 @@ class ChatDeltaMem(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        """One reply: prepare the call, decode it, then the final chunk and the turn's write;
+        the batcher is told first, so a batch that starts meanwhile waits for this reply."""
         if not messages:
             raise ValueError("ChatDeltaMem needs at least one message")
         if kwargs.get("model") is not None:  # one loaded engine per model: no per-call switch
@@ -313,18 +315,21 @@ class ChatDeltaMem(BaseChatModel):
         # tell the batcher a reply is coming (a batch starting meanwhile waits for it)
         announcement = get_batcher(engine, self.max_batch_size, self.batch_wait).announce()
         try:
-            yield from self._reply(messages, stop, run_manager, announcement, **kwargs)
+            call = self._prepare_call(messages, stop, kwargs)
+            result = yield from self._decode(call, run_manager, announcement)
+            final, reply = self._final_chunk(call, result)
+            if run_manager is not None and call.buffer_for_tools and reply.content:
+                run_manager.on_llm_new_token(str(reply.content), chunk=final)
+            if self.write_memory:  # logged (durably, with a store) before the reply is handed out
+                self._write_turn(call, reply)
+            yield final
         finally:
             announcement.release()
 
-    def _reply(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        run_manager: CallbackManagerForLLMRun | None,
-        announcement: Announcement,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
+    def _prepare_call(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> _Call:
+        """Everything the reply needs, checked before any decoding work (bad input fails early)."""
         # fail before any work on unknown roles, non-text blocks or oversized messages
         converted = [message_to_dict(message) for message in messages]
         engine = self.engine
@@ -342,32 +347,38 @@ class ChatDeltaMem(BaseChatModel):
         )
         prompt_messages = self._prompt_messages(messages)
         input_ids = self._encode(engine, prompt_messages, tools, kwargs.get("tool_choice"))
-        constraint = None
-        response_format = kwargs.get("response_format")
-        if response_format is not None:  # JSON mode / json_schema: a bare JSON document
-            if tools:
-                raise ValueError("response_format and bound tools cannot be combined")
-            document = JsonSchemaConstraint.for_document
-            budget = max(
-                settings.max_tokens, document(engine.tokenizer, response_format).min_tokens
-            )
-            settings = dataclasses.replace(settings, max_tokens=budget)
-            constraint = document(engine.tokenizer, response_format, max_tokens=budget)
-        if tools and mode == "required":
-            # the call is always closed within max_tokens (raised to the shortest valid call)
-            shortest = JsonSchemaConstraint(engine.tokenizer, tools, forced).min_tokens
-            budget = max(settings.max_tokens, shortest)
-            settings = dataclasses.replace(settings, max_tokens=budget)
-            constraint = JsonSchemaConstraint(engine.tokenizer, tools, forced, max_tokens=budget)
-        buffer_for_tools = bool(tools) and mode != "none"
+        settings, constraint = _constraint(
+            engine.tokenizer, settings, tools, mode, forced, kwargs.get("response_format")
+        )
+        return _Call(
+            messages=messages,
+            engine=engine,
+            memory=memory,
+            scope=scope,
+            tools=tools,
+            input_ids=input_ids,
+            settings=settings,
+            constraint=constraint,
+            buffer_for_tools=bool(tools) and mode != "none",
+        )
 
-        batcher = get_batcher(engine, self.max_batch_size, self.batch_wait)
-        progress = callback_progress(run_manager.handlers, scope) if run_manager else None
+    def _decode(
+        self,
+        call: _Call,
+        run_manager: CallbackManagerForLLMRun | None,
+        announcement: Announcement,
+    ) -> Generator[ChatGenerationChunk, None, GenerationResult]:
+        """Stream the reply's text (held back when it may be a tool call) reading the scope's
+        memory, whose pending writes are applied first; returns the whole generation."""
+        batcher = get_batcher(call.engine, self.max_batch_size, self.batch_wait)
+        progress = callback_progress(run_manager.handlers, call.scope) if run_manager else None
         # the scope's pending writes are applied first (their progress goes to the callbacks)
-        with memory.held(scope=scope, progress=progress) as state:
-            stream = batcher.submit(input_ids, settings, state, constraint, announcement)
+        with call.memory.held(scope=call.scope, progress=progress) as state:
+            stream = batcher.submit(
+                call.input_ids, call.settings, state, call.constraint, announcement
+            )
             for piece in stream:
-                if buffer_for_tools or not piece.text:
+                if call.buffer_for_tools or not piece.text:
                     continue
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
                 if run_manager is not None:
@@ -376,11 +387,17 @@ class ChatDeltaMem(BaseChatModel):
         result = stream.result
         if result is None:  # the batcher always ends a stream with a result or an error
             raise RuntimeError("the reply stream ended without a result")
-        memory.record_read(stream.correction_ratio, scope=scope)
+        call.memory.record_read(stream.correction_ratio, scope=call.scope)
+        return result
 
+    def _final_chunk(
+        self, call: _Call, result: GenerationResult
+    ) -> tuple[ChatGenerationChunk, AIMessage]:
+        """The stream's last chunk (tool calls, usage, finish reason) and the whole reply as
+        one message, the form in which it is written to memory."""
         text, calls = (result.text, [])
-        if buffer_for_tools:
-            text, calls = parse_tool_calls(result.text, tool_names(tools))
+        if call.buffer_for_tools:
+            text, calls = parse_tool_calls(result.text, tool_names(call.tools))
         valid, invalid = split_tool_calls(calls)
         usage = {
             "input_tokens": result.prompt_tokens,
@@ -389,7 +406,7 @@ class ChatDeltaMem(BaseChatModel):
         }
         finish = "tool_calls" if valid else result.finish_reason
         last = AIMessageChunk(
-            content=text if buffer_for_tools else "",
+            content=text if call.buffer_for_tools else "",
             tool_call_chunks=[
                 tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
                 for i, c in enumerate(valid)
@@ -397,20 +414,21 @@ class ChatDeltaMem(BaseChatModel):
             invalid_tool_calls=invalid,
             usage_metadata=usage,
             response_metadata={
-                "model_name": engine.backbone,
+                "model_name": call.engine.backbone,
                 "finish_reason": finish,
-                "memory_scope": scope,
+                "memory_scope": call.scope,
             },
             chunk_position="last",
         )
         final = ChatGenerationChunk(message=last, generation_info={"finish_reason": finish})
-        if run_manager is not None and buffer_for_tools and text:
-            run_manager.on_llm_new_token(text, chunk=final)
-        if self.write_memory:  # logged (durably, with a store) before the reply is handed out
-            reply = AIMessage(content=text if buffer_for_tools else result.text, tool_calls=valid)
-            turn = [m for m in messages if not isinstance(m, SystemMessage)]
-            memory.write_later([*turn, reply], scope=scope, skip_written=True)
-        yield final
+        reply = AIMessage(content=text if call.buffer_for_tools else result.text, tool_calls=valid)
+        return final, reply
+
+    def _write_turn(self, call: _Call, reply: AIMessage) -> None:
+        """Queue the turn's messages not yet in memory and the reply for the background writer;
+        the scope's next turn waits for them."""
+        turn = [m for m in call.messages if not isinstance(m, SystemMessage)]
+        call.memory.write_later([*turn, reply], scope=call.scope, skip_written=True)
 
     async def _astream(
         self,
@@ -506,3 +524,45 @@ def _chat_result(final: ChatGenerationChunk | None) -> ChatResult:
     return ChatResult(
         generations=[ChatGeneration(message=reply, generation_info=final.generation_info)]
     )
+
+
+@dataclasses.dataclass
+class _Call:
+    """One reply's inputs, prepared and checked before decoding starts."""
+
+    messages: list[BaseMessage]
+    engine: DeltaMemEngine
+    memory: DeltaMemory
+    scope: str
+    tools: list[dict[str, Any]]
+    input_ids: Any  # [1, T] prompt token ids
+    settings: GenerationSettings
+    constraint: JsonSchemaConstraint | None
+    buffer_for_tools: bool  # the text may be a tool call: parsed at the end, not streamed
+
+
+def _constraint(
+    tokenizer: Any,
+    settings: GenerationSettings,
+    tools: list[dict[str, Any]],
+    mode: str,
+    forced: str | None,
+    response_format: dict[str, Any] | None,
+) -> tuple[GenerationSettings, JsonSchemaConstraint | None]:
+    """The grammar a JSON reply or forced tool call is decoded under, with the token budget
+    raised to its shortest valid document (so it always closes); no grammar otherwise."""
+    constraint = None
+    if response_format is not None:  # JSON mode / json_schema: a bare JSON document
+        if tools:
+            raise ValueError("response_format and bound tools cannot be combined")
+        document = JsonSchemaConstraint.for_document
+        budget = max(settings.max_tokens, document(tokenizer, response_format).min_tokens)
+        settings = dataclasses.replace(settings, max_tokens=budget)
+        constraint = document(tokenizer, response_format, max_tokens=budget)
+    if tools and mode == "required":
+        # the call is always closed within max_tokens (raised to the shortest valid call)
+        shortest = JsonSchemaConstraint(tokenizer, tools, forced).min_tokens
+        budget = max(settings.max_tokens, shortest)
+        settings = dataclasses.replace(settings, max_tokens=budget)
+        constraint = JsonSchemaConstraint(tokenizer, tools, forced, max_tokens=budget)
+    return settings, constraint

@@ -54,6 +54,7 @@ from langgraph.store.base import BaseStore
 from .engine import DeltaMemEngine, get_engine
 from .injection import MemoryRun
 from .prompts import content_text, message_role
+from .records import CHECKSUM, RecordFormat, checksum_mismatch, checksum_of
 from .state import MemoryState, MemoryStateError
 from .store_locks import ScopeLock, scope_lock_for
 from .tool_calling import format_tool_call
@@ -74,9 +75,6 @@ SNAPSHOT_FORMAT = "langchain-deltamem/snapshot"
 SNAPSHOT_KEYS = 64  # message keys a snapshot keeps: enough to line up any prompt window
 _KEY_HISTORY = 256  # message keys remembered for new-message detection (bounded)
 _KEY_PATTERN = re.compile(r"[0-9a-f]{16}")  # what `message_key` gives
-_RECORD_FIELDS = {"format", "version", "state", "log", "keys"}
-_SNAPSHOT_FIELDS = {"format", "version", "state", "keys"}
-_CHECKSUM = "checksum"  # optional in records and snapshots (older ones have none)
 _PENDING = "pending"  # optional in records: write calls logged but not yet in the state
 WRITE_PROGRESS_EVENT = "deltamem_write_progress"
 _PROGRESS_FROM = 4096  # tokens: a write at least this long shows a progress bar on a terminal
@@ -659,7 +657,7 @@ class DeltaMemory:
                 "version": SCOPE_VERSION,
                 "state": state,
                 "keys": kept,
-                _CHECKSUM: _checksum(SNAPSHOT_FORMAT, state, None, kept, pending),
+                CHECKSUM: _checksum(SNAPSHOT_FORMAT, state, None, kept, pending),
             }
             if pending:
                 snapshot[_PENDING] = pending
@@ -677,15 +675,7 @@ class DeltaMemory:
         adapter. A snapshot carries no segment log: after a restore that changed the state,
         `forget` covers only segments written since. Returns whether anything changed."""
         where = "graph memory snapshot"
-        if not isinstance(snapshot, Mapping) or snapshot.get("format") != SNAPSHOT_FORMAT:
-            raise MemoryRecordError(f"{where}: not a δ-mem memory snapshot")
-        if snapshot.get("version") != SCOPE_VERSION:
-            raise MemoryRecordError(
-                f"{where}: unsupported snapshot version {snapshot.get('version')!r}"
-            )
-        unknown = sorted(set(snapshot) - _SNAPSHOT_FIELDS - {_CHECKSUM, _PENDING}, key=str)
-        if unknown:
-            raise MemoryRecordError(f"{where}: unknown field(s) {unknown!r:.200}")
+        _SNAPSHOT.check(snapshot, MemoryRecordError, where=where)
         raw, keys = snapshot.get("state"), snapshot.get("keys")
         if not isinstance(raw, bytes | bytearray):
             raise MemoryRecordError(f"{where}: 'state' must be bytes, got {type(raw).__name__}")
@@ -696,8 +686,8 @@ class DeltaMemory:
         pending = snapshot.get(_PENDING, [])
         if not _valid_log(pending):
             raise MemoryRecordError(f"{where}: 'pending' is not a list of write calls")
-        if _CHECKSUM in snapshot and snapshot[_CHECKSUM] != _checksum(
-            SNAPSHOT_FORMAT, bytes(raw), None, keys, pending
+        if checksum_mismatch(
+            snapshot, lambda: _checksum(SNAPSHOT_FORMAT, bytes(raw), None, keys, pending)
         ):
             raise MemoryRecordError(f"{where}: checksum mismatch (altered or damaged)")
         name = self._name(config, scope)
@@ -818,23 +808,14 @@ class DeltaMemory:
             "state": base64.b64encode(state).decode("ascii"),
             "log": record.log,
             "keys": record.keys,
-            _CHECKSUM: _checksum(SCOPE_FORMAT, state, record.log, record.keys, record.pending),
+            CHECKSUM: _checksum(SCOPE_FORMAT, state, record.log, record.keys, record.pending),
         }
         if record.pending:
             body[_PENDING] = record.pending
         return body
 
     def _from_json(self, body: Any, *, where: str) -> _Scope:
-        if not isinstance(body, dict) or body.get("format") != SCOPE_FORMAT:
-            raise MemoryRecordError(f"{where}: not a δ-mem memory record")
-        if body.get("version") != SCOPE_VERSION:
-            raise MemoryRecordError(f"{where}: unsupported record version {body.get('version')!r}")
-        unknown = sorted(set(body) - _RECORD_FIELDS - {_CHECKSUM, _PENDING})
-        if unknown:
-            raise MemoryRecordError(f"{where}: corrupt memory record (unknown fields {unknown})")
-        missing = sorted(_RECORD_FIELDS - set(body))
-        if missing:  # a KeyError would only say the field's name
-            raise MemoryRecordError(f"{where}: corrupt memory record (missing fields {missing})")
+        _RECORD.check(body, MemoryRecordError, where=where)
         try:
             raw = base64.b64decode(body["state"], validate=True)
         except (TypeError, ValueError) as err:
@@ -850,9 +831,7 @@ class DeltaMemory:
             state = self.engine.handle.load_state(raw)
         except MemoryStateError as err:
             raise MemoryRecordError(f"{where}: {err}") from err
-        if _CHECKSUM in body and body[_CHECKSUM] != _checksum(
-            SCOPE_FORMAT, raw, log, keys, pending
-        ):
+        if checksum_mismatch(body, lambda: _checksum(SCOPE_FORMAT, raw, log, keys, pending)):
             raise MemoryRecordError(
                 f"{where}: corrupt memory record (checksum mismatch: altered or damaged)"
             )
@@ -906,12 +885,34 @@ def _valid_keys(keys: Any) -> bool:
     )
 
 
+# A scope's record in a store or an export, and its fixed-size snapshot in a graph's state
+# (``checksum`` optional in both: older ones have none; ``pending`` only while writes wait).
+_RECORD = RecordFormat(
+    format=SCOPE_FORMAT,
+    version=SCOPE_VERSION,
+    fields=frozenset({"format", "version", "state", "log", "keys"}),
+    optional=frozenset({CHECKSUM, _PENDING}),
+    wrong_format="{where}: not a δ-mem memory record",
+    wrong_version="{where}: unsupported record version {value!r}",
+    unknown="{where}: corrupt memory record (unknown fields {value})",
+    missing="{where}: corrupt memory record (missing fields {value})",
+)
+_SNAPSHOT = RecordFormat(
+    format=SNAPSHOT_FORMAT,
+    version=SCOPE_VERSION,
+    fields=frozenset({"format", "version", "state", "keys"}),
+    optional=frozenset({CHECKSUM, _PENDING}),
+    wrong_format="{where}: not a δ-mem memory snapshot",
+    wrong_version="{where}: unsupported snapshot version {value!r}",
+    unknown="{where}: unknown field(s) {value!r:.200}",
+)
+
+
 def _checksum(kind: str, state: bytes, log: Any, keys: list[str], pending: Any = None) -> str:
     """sha256 over a record's state bytes, segment log, message keys and pending writes (if
     any): a damaged or edited record is refused instead of being read as another memory."""
     parts = [kind, log, keys, pending] if pending else [kind, log, keys]
-    body = json.dumps(parts, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(hashlib.sha256(state).digest() + body.encode()).hexdigest()
+    return checksum_of(hashlib.sha256(state).digest(), parts)
 
 
 def _unwritten(messages: list[dict[str, str]], written_keys: list[str]) -> list[dict[str, str]]:

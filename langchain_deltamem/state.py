@@ -10,7 +10,6 @@ checksum, so damaged bytes are refused rather than read as another memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,12 +20,27 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from .config import DeltaMemConfig
+from .records import (
+    CHECKSUM,
+    RecordFormat,
+    canonical_json,
+    checksum_mismatch,
+    checksum_of,
+    without_checksum,
+)
 
 STATE_FORMAT = "langchain-deltamem/memory-state"
 STATE_VERSION = 1
 _META_KEY = "deltamem"
-_META_FIELDS = {"format", "version", "fingerprint", "layer_ids", "config"}
-_CHECKSUM = "checksum"  # optional (states written before it existed have none)
+_STATE_RECORD = RecordFormat(
+    format=STATE_FORMAT,
+    version=STATE_VERSION,
+    fields=frozenset({"format", "version", "fingerprint", "layer_ids", "config"}),
+    wrong_format="not a memory state: format={value!r}",
+    wrong_version="memory state version {value!r}; this package reads {version}",
+    unknown="corrupt memory state: unknown metadata field(s) {value}",
+    missing="corrupt memory state: missing metadata field(s) {value}",
+)
 MAX_HEADER_BYTES = 1 << 16  # a real header is under 1 KiB; refuse JSON bombs unparsed
 
 
@@ -235,10 +249,8 @@ class MemoryState:
         }
         # Covers metadata and tensors: a flipped bit anywhere is refused on load, not read
         # as a slightly different memory.
-        header[_CHECKSUM] = _checksum(header, tensors)
-        return safetensors_save(
-            tensors, metadata={_META_KEY: json.dumps(header, sort_keys=True, separators=(",", ":"))}
-        )
+        header[CHECKSUM] = _checksum(header, tensors)
+        return safetensors_save(tensors, metadata={_META_KEY: canonical_json(header).decode()})
 
     @classmethod
     def from_bytes(
@@ -259,19 +271,7 @@ class MemoryState:
             raise MemoryStateError(f"memory state must be bytes, got {type(data).__name__}")
         data = bytes(data)
         metadata = _read_metadata(data)
-        if metadata.get("format") != STATE_FORMAT:
-            raise MemoryStateError(f"not a memory state: format={metadata.get('format')!r}")
-        if metadata.get("version") != STATE_VERSION:
-            raise MemoryStateError(
-                f"memory state version {metadata.get('version')!r}; this package reads "
-                f"{STATE_VERSION}"
-            )
-        unknown = sorted(set(metadata) - _META_FIELDS - {_CHECKSUM})
-        if unknown:
-            raise MemoryStateError(f"corrupt memory state: unknown metadata field(s) {unknown}")
-        missing = sorted(_META_FIELDS - set(metadata))
-        if missing:  # a KeyError would only say the field's name
-            raise MemoryStateError(f"corrupt memory state: missing metadata field(s) {missing}")
+        _STATE_RECORD.check(metadata, MemoryStateError)
         try:
             tensors = safetensors_load(data)
             config = DeltaMemConfig.from_json_dict(metadata["config"])
@@ -302,12 +302,10 @@ class MemoryState:
         if bool((counts < 0).any()):
             raise MemoryStateError("corrupt memory state: negative write counts")
         state = cls(list(states.unbind(0)), layer_ids, config, fingerprint, counts)
-        if _CHECKSUM in metadata:
-            header = {k: v for k, v in metadata.items() if k != _CHECKSUM}
-            if metadata[_CHECKSUM] != _checksum(header, tensors):
-                raise MemoryStateError(
-                    "corrupt memory state: checksum mismatch (the bytes were altered or damaged)"
-                )
+        if checksum_mismatch(metadata, lambda: _checksum(without_checksum(metadata), tensors)):
+            raise MemoryStateError(
+                "corrupt memory state: checksum mismatch (the bytes were altered or damaged)"
+            )
         if expected_fingerprint is not None:
             state.check_compatible(expected_fingerprint, layer_ids, config)
         return state.to(device) if device is not None else state
@@ -343,12 +341,12 @@ def _read_metadata(data: bytes) -> dict[str, object]:
 
 def _checksum(header: dict[str, object], tensors: dict[str, torch.Tensor]) -> str:
     """sha256 of the canonical metadata JSON and every tensor's name, dtype, shape and bytes."""
-    digest = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+    parts: list[bytes] = []
     for name in sorted(tensors):
         tensor = tensors[name].detach().contiguous().cpu()
-        digest.update(f"\0{name}:{tensor.dtype}:{list(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "sha256:" + digest.hexdigest()
+        parts.append(f"\0{name}:{tensor.dtype}:{list(tensor.shape)}\0".encode())
+        parts.append(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return checksum_of(header, *parts)
 
 
 def _split_fingerprint(fingerprint: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Tests for ``langchain_deltamem.backbones``.
+"""Tests for ``langchain_deltamem.backbones`` and the embedded GGUF's cache (``gguf_cache``).
 
 The embedded GGUF is converted exactly once per test module, into a temporary cache selected
 through ``$DELTAMEM_CACHE_DIR`` so the user's real cache is never read or written. Tests that
@@ -34,7 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from langchain_deltamem import backbones
+from langchain_deltamem import gguf_cache
 from langchain_deltamem.backbones import (
     CACHE_DIR_ENV_VAR,
     DEFAULT_CACHE_DIR,
@@ -88,7 +88,7 @@ def cold(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColdLoad]:
     """
     cache_root = tmp_path_factory.mktemp("deltamem-cache")
     fresh: list[tuple[PreTrainedModel, PreTrainedTokenizerBase]] = []
-    real_dequantize = backbones._dequantize_gguf
+    real_dequantize = gguf_cache._dequantize_gguf
 
     def spy(gguf_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         result = real_dequantize(gguf_path)
@@ -97,7 +97,7 @@ def cold(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColdLoad]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(CACHE_DIR_ENV_VAR, str(cache_root))
-        mp.setattr(backbones, "_dequantize_gguf", spy)
+        mp.setattr(gguf_cache, "_dequantize_gguf", spy)
         started = time.perf_counter()
         model, tokenizer = load_backbone()
         seconds = time.perf_counter() - started
@@ -125,7 +125,7 @@ def fast_dequantize(
         calls.append(result)
         return result
 
-    monkeypatch.setattr(backbones, "_dequantize_gguf", fake)
+    monkeypatch.setattr(gguf_cache, "_dequantize_gguf", fake)
     return calls
 
 
@@ -316,7 +316,7 @@ def test_conversion_cleans_leftovers_and_replaces_partial_final_dir(
 ) -> None:
     backbones_dir = tmp_path / "backbones"
     final_name = cold.checkpoint_dir.name
-    host = backbones._host_tag()
+    host = gguf_cache._host_tag()
     dead = _leftover(backbones_dir, f".{final_name}.tmp-{host}-{DEAD_PID}-deadbeef")
     old = _leftover(backbones_dir, f".{final_name}.tmp-otherhost-123-cafef00d", age_seconds=7200)
     young_foreign = _leftover(backbones_dir, f".{final_name}.tmp-otherhost-456-0123abcd")
@@ -371,7 +371,7 @@ def test_publish_tolerates_a_concurrent_winner(tmp_path: Path) -> None:
     final = fake_conversion(tmp_path / "final", "winner")
     ours = fake_conversion(tmp_path / ".final.tmp-host-1-00000000", "loser")
 
-    backbones._publish(ours, final)
+    gguf_cache._publish(ours, final)
 
     assert (final / "config.json").read_text() == "winner"
 
@@ -380,8 +380,8 @@ def test_cache_key_depends_on_gguf_content(tmp_path: Path) -> None:
     first, second = tmp_path / "a.gguf", tmp_path / "b.gguf"
     first.write_bytes(b"GGUF" + b"\x01" * 100)
     second.write_bytes(b"GGUF" + b"\x02" * 100)
-    assert backbones._gguf_cache_key(first) != backbones._gguf_cache_key(second)
-    assert backbones._gguf_cache_key(first) == backbones._gguf_cache_key(first)
+    assert gguf_cache._gguf_cache_key(first) != gguf_cache._gguf_cache_key(second)
+    assert gguf_cache._gguf_cache_key(first) == gguf_cache._gguf_cache_key(first)
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -689,9 +689,9 @@ def test_damaged_own_adapter_config_is_refused_or_unchanged(
 
 
 # The reference keys this package translates and the config field each sets, with the
-# reference's defaults (what a dropped key means; config.py's `_REFERENCE_DEFAULTS` holds the
-# same facts, read from the reference's code). Written out here, independently of
-# `DeltaMemConfig.from_reference_dict`, the function under test.
+# reference's defaults (what a dropped key means; adapter_reference.py's `_REFERENCE_DEFAULTS`
+# holds the same facts, read from the reference's code). Written out here, independently of
+# `adapter_reference.config_from_reference`, the function under test.
 REF_FIELDS = {
     "rank": ("rank", 8),
     "alpha": ("alpha", 16.0),

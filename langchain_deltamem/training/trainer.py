@@ -378,47 +378,86 @@ class Trainer:
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over the step's batch; returns its metrics."""
-        config = self.config
+        episodes = self._sample_batch()
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        record = self._episode_losses(episodes)
+        tokens = record.pop("tokens")
+        preserve_kl, kl_tokens = self._preservation_loss()
+        grad_norm, lr = self._optimizer_step()
+        elapsed = time.perf_counter() - start
+        return self._step_metrics(
+            {**record, "preserve_kl": preserve_kl},
+            episodes=len(episodes),
+            tokens=tokens + kl_tokens,
+            grad_norm=grad_norm,
+            lr=lr,
+            seconds=elapsed,
+        )
+
+    def _sample_batch(self) -> list[episode_data.Episode]:
+        """The step's episodes (a function of the step alone, so a resumed run sees the same);
+        with several processes, this process's share."""
         episodes = self.source.batch(self.step)
         if self.accelerator is not None:  # each process takes its share of the batch
             rank, world = self.accelerator.process_index, self.accelerator.num_processes
             episodes = episodes[rank::world]
-        start = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        if config.batched:
-            record = self._batched_losses(episodes)
-        else:
-            record = self._reference_losses(episodes)
-        tokens = record.pop("tokens")
-        preserve_kl = None
-        if config.preserve > 0:
-            text, other = self.source.plain_chats(self.step)
-            kl, kl_tokens = preservation_kl(
-                self.handle, self.tokenizer, text, self._memory_of(other, grad=True)
-            )
-            (config.preserve * kl).backward()
-            preserve_kl = float(kl.detach())
-            tokens += kl_tokens
+        return episodes
+
+    def _episode_losses(self, episodes: list[episode_data.Episode]) -> dict[str, Any]:
+        """The episodes' losses, backward included, batched or one episode at a time."""
+        if self.config.batched:
+            return self._batched_losses(episodes)
+        return self._reference_losses(episodes)
+
+    def _preservation_loss(self) -> tuple[float | None, int]:
+        """With ``preserve`` > 0, the KL that keeps plain chat unchanged by memory, backward
+        included; returns its value (None when off) and the tokens it read."""
+        config = self.config
+        if config.preserve <= 0:
+            return None, 0
+        text, other = self.source.plain_chats(self.step)
+        kl, kl_tokens = preservation_kl(
+            self.handle, self.tokenizer, text, self._memory_of(other, grad=True)
+        )
+        (config.preserve * kl).backward()
+        return float(kl.detach()), kl_tokens
+
+    def _optimizer_step(self) -> tuple[torch.Tensor, float]:
+        """Average the gradients over processes, clip them, and step the optimizer and the
+        schedule; returns the gradient norm before clipping and the learning rate used."""
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             for p in self.params:
                 if p.grad is not None:
                     p.grad = self.accelerator.reduce(p.grad, reduction="mean")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        elapsed = time.perf_counter() - start
+        return grad_norm, lr
+
+    def _step_metrics(
+        self,
+        record: dict[str, Any],
+        *,
+        episodes: int,
+        tokens: int,
+        grad_norm: torch.Tensor,
+        lr: float,
+        seconds: float,
+    ) -> dict[str, Any]:
+        """The logged row of the step just taken: its losses, the optimizer's numbers and
+        the throughput."""
         return {
             "step": self.step,
             **record,
-            "preserve_kl": preserve_kl,
             "grad_norm": float(grad_norm),
             "lr": lr,
-            "candidates": candidates_at(config, self.step - 1),
-            "episodes_per_s": len(episodes) / max(elapsed, 1e-9),
-            "tokens_per_s": tokens / max(elapsed, 1e-9),
-            "seconds": elapsed,
+            "candidates": candidates_at(self.config, self.step - 1),
+            "episodes_per_s": episodes / max(seconds, 1e-9),
+            "tokens_per_s": tokens / max(seconds, 1e-9),
+            "seconds": seconds,
         }
 
     def _batched_losses(self, episodes: list[episode_data.Episode]) -> dict[str, Any]:
