@@ -65,11 +65,8 @@ def bench_model(repeats: int, prefill: int = 1024, cache_len: int = 512) -> dict
     ids = torch.randint(0, model.config.vocab_size, (1, prefill), generator=gen)
     results: dict[str, float] = {}
     bare = lambda: model(ids, use_cache=False)  # noqa: E731
-    for name, config in (
-        ("tsw", DeltaMemConfig(write_granularity="token")),
-        ("ssw", DeltaMemConfig(write_granularity="segment")),
-    ):
-        handle = attach(model, config, seed=0)
+    for name in ("tsw", "ssw"):
+        handle = attach(model, DeltaMemConfig.for_strategy(name), seed=0)
         with torch.inference_mode():
             segments = (torch.arange(prefill) // 64)[None]  # 16 segments of 64 tokens
 
