@@ -8,6 +8,7 @@ reading memory ≤ 1.10×; 7,680 bytes of state per conversation.
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
@@ -111,6 +112,17 @@ def _bench_decode(model: torch.nn.Module, handle, context: torch.Tensor, repeats
         "decode_s": t_mem / steps,
         "decode_ratio": t_mem / t_bare,
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``deltamem bench core`` options."""
+    parser.add_argument("--out", help="also write the markdown table to this file")
+    parser.add_argument("--repeats", type=int, default=5)
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    main(out=args.out, repeats=args.repeats)
 
 
 def main(out: str | None = None, repeats: int = 5) -> str:

@@ -18,6 +18,7 @@ llguidance``); without it the command says so.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -363,6 +364,17 @@ def _decision(rows: list[dict[str, Any]]) -> list[str]:
         "small stand-in tokenizer), and it admits only the canonical tokenization of forced "
         "text (the hand-written engine admits any token that continues it).",
     ]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``deltamem bench grammar`` options."""
+    parser.add_argument("--out", help="also write the markdown table to this file")
+    parser.add_argument("--repeats", type=int, default=5)
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    main(out=args.out, repeats=args.repeats)
 
 
 def main(out: str | None = None, repeats: int = 5) -> None:
