@@ -34,7 +34,7 @@ config fields it sets."""
 class DeltaMemConfig(BaseModel):
     """Hyper-parameters of a δ-mem adapter.
 
-    Attributes mirror DELTAMEM.md §1–2. A config is immutable once built so that an attached
+    Attributes follow the paper. A config is immutable once built so that an attached
     adapter can never drift from the config it was built with.
     """
 

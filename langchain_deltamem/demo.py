@@ -2,7 +2,7 @@
 
 Run with ``make demo`` or ``python -m langchain_deltamem.demo``. The question's prompt holds only
 the system message and the question; the conversation reaches the model through the memory
-state alone. Until a trained adapter ships (the training issue), the adapter is fresh, so the
+state alone. Until a trained adapter ships, the adapter is fresh, so the
 memory is written and read but the answer cannot yet depend on it; the printed correction
 ratios show how strongly the read memory steers each layer.
 """

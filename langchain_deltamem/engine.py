@@ -22,7 +22,7 @@ FRESH_ADAPTERS = {
     "fresh": DeltaMemConfig(),
     **{f"fresh-{name}": DeltaMemConfig.for_strategy(name) for name in STRATEGIES},
 }
-DEFAULT_ADAPTER = "fresh"  # until trained adapters ship (training issue)
+DEFAULT_ADAPTER = "fresh"  # until a trained adapter ships
 FRESH_SEED = 0  # fixed, so a fresh adapter (and the memory it wrote) is the same in every process
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -90,7 +90,7 @@ class DeltaMemLayer(nn.Module):
         base_weights: dict[str, torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        """Initialise as DELTAMEM.md §1: Kaiming memory projections, closed gates, and
+        """Initialise as the reference does: Kaiming memory projections, closed gates, and
         correction heads that are zero or a scaled slice of the frozen ``q_proj``/``o_proj``.
 
         Either way the heads read a zero state at first, so a fresh adapter leaves the

@@ -1,7 +1,7 @@
 """Engine benchmark on the embedded SmolLM2: each goal is a ratio of two timings taken
 alternately in the same run (medians over repeats), so machine noise hits both sides alike.
 
-Goals (issue 2): chunked scan ≥ 20× the naive scan (T=4096, r=8, 30 layers); a 1,024-token
+Goals: chunked scan ≥ 20× the naive scan (T=4096, r=8, 30 layers); a 1,024-token
 prefill with TSW writes ≤ 1.15× the bare backbone, with SSW writes ≤ 1.05×; one decode step
 reading memory ≤ 1.10×; 7,680 bytes of state per conversation.
 """

@@ -24,7 +24,7 @@ buffer = the kept history's text (UTF-8) plus its KV cache (layers × 2 × kv_he
 tokens × dtype bytes); vector = `VectorMemory.nbytes` (float32 vectors + UTF-8 text). Write
 throughput compares a δ-mem segment write of N tokens with the bare prefill of the same ids.
 
-Goals (issue "Evaluation and benchmarks"): δ-mem's last-turn time ≤ 0.1 × buffer memory's and
+Goals: δ-mem's last-turn time ≤ 0.1 × buffer memory's and
 ≤ 1.2 × its own turn-1 time; δ-mem's bytes per conversation constant.
 
 The pass and the samples are cached (``cache`` directory), so an interrupted run resumes where

@@ -5,7 +5,7 @@ LangChain app keeping its messages would, on varied synthetic chatter (`turns.co
 Per turn it records wall time, prompt tokens, the process's resident memory, and the state's
 largest per-layer norm and value, and whether every state value is finite.
 
-Checks (issue "Reliability"): no NaN/Inf, state norms bounded, per-turn time flat (median of
+Checks: no NaN/Inf, state norms bounded, per-turn time flat (median of
 the last 100 turns within 1.2× of the first 100), process memory flat.
 
 The run checkpoints (memory export + per-turn records) every ``checkpoint_every`` turns into

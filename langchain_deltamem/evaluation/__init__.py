@@ -1,1 +1,2 @@
-"""Evaluation: paired bootstrap intervals, held-out recall, LoCoMo and cost curves."""
+"""Evaluation (``deltamem eval``): paired bootstrap intervals, held-out recall, plain-text
+perplexity with an unrelated memory, and LoCoMo QA against baselines."""
