@@ -23,6 +23,7 @@ from ..config import DeltaMemConfig
 from ..generation import cache_kwargs, output_cache
 from ..injection import attach
 from ..scan import chunk_delta_rule_scan, naive_delta_rule_scan
+from . import add_report_arguments
 
 
 def _paired(a: Callable[[], object], b: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -116,9 +117,7 @@ def _bench_decode(model: torch.nn.Module, handle, context: torch.Tensor, repeats
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``deltamem bench core`` options."""
-    parser.add_argument("--out", help="also write the markdown table to this file")
-    parser.add_argument("--repeats", type=int, default=5)
-    return parser
+    return add_report_arguments(parser, repeats=5)
 
 
 def run_from_args(args: argparse.Namespace) -> None:

@@ -33,6 +33,7 @@ from ..engine import DeltaMemEngine, get_engine
 from ..generation import GenerationSettings, generate
 from ..json_constraint import JsonSchemaConstraint
 from ..tool_calling import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, render_prompt, to_tool_schemas
+from . import add_report_arguments
 
 WEATHER = {
     "type": "function",
@@ -368,9 +369,7 @@ def _decision(rows: list[dict[str, Any]]) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``deltamem bench grammar`` options."""
-    parser.add_argument("--out", help="also write the markdown table to this file")
-    parser.add_argument("--repeats", type=int, default=5)
-    return parser
+    return add_report_arguments(parser, repeats=5)
 
 
 def run_from_args(args: argparse.Namespace) -> None:

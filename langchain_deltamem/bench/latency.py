@@ -248,10 +248,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_from_args(args: argparse.Namespace) -> None:
-    main(
-        out=args.out,
-        repeats=args.repeats,
-        turns=args.turns,
-        seed=args.seed,
-        cache=args.cache or cost.default_cache(),
-    )
+    main(args.out, args.repeats, args.turns, args.seed, args.cache or cost.default_cache())
