@@ -6,7 +6,7 @@ Own format, a directory with
   "checksum"}`` (sha256 of this config and the weights file, so damage is refused);
 * ``adapter_model.safetensors``: fp32 tensors named ``<attention path>.<parameter>``.
 
-Reference format (DELTAMEM.md §4; its config dialect is translated in `adapter_reference`), a
+Reference format (its config dialect is translated in `adapter_reference`), a
 directory with ``delta_mem_config.json`` and ``delta_mem_adapter.pt``, a ``torch.save``d dict
 of tensors read with ``weights_only=True`` (never a plain unpickle; its zip CRC32s are checked
 first). Loading either is strict: every tensor the model needs must be there with its exact

@@ -1,7 +1,7 @@
 """The reference implementation's adapter format: its file names and its config dialect.
 
-A reference adapter is a directory with ``delta_mem_config.json`` and ``delta_mem_adapter.pt``
-(DELTAMEM.md §4); `adapter_files` reads and writes the directory, this module translates its
+A reference adapter is a directory with ``delta_mem_config.json`` and ``delta_mem_adapter.pt``;
+`adapter_files` reads and writes the directory, this module translates its
 ``delta_mem_config.json`` to and from a `DeltaMemConfig`.
 """
 

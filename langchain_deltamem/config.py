@@ -22,11 +22,19 @@ CONFIG_FORMAT = "langchain-deltamem/config"
 CONFIG_VERSION = 1
 _HEAD_ORDER = ("q", "k", "v", "o")
 
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "ssw": {"write_granularity": "segment", "num_states": 1},  # one write per message
+    "tsw": {"write_granularity": "token", "num_states": 1},  # every token writes
+    "msw": {"write_granularity": "segment", "num_states": 4},  # segment writes, 4 states
+}
+"""Write strategy name (``--mode`` of ``deltamem train``, ``fresh-<name>`` adapters) → the
+config fields it sets."""
+
 
 class DeltaMemConfig(BaseModel):
     """Hyper-parameters of a δ-mem adapter.
 
-    Attributes mirror DELTAMEM.md §1–2. A config is immutable once built so that an attached
+    Attributes follow the paper. A config is immutable once built so that an attached
     adapter can never drift from the config it was built with.
     """
 
@@ -151,6 +159,18 @@ class DeltaMemConfig(BaseModel):
         """Short name of the write strategy: TSW, SSW, or MSW-TSW / MSW-SSW."""
         base = "TSW" if self.write_granularity == "token" else "SSW"
         return base if self.num_states == 1 else f"MSW-{base}"
+
+    @classmethod
+    def for_strategy(cls, name: str, **fields: Any) -> DeltaMemConfig:
+        """The config of write strategy ``name`` (a key of `STRATEGIES`), other fields from
+        ``fields`` or their defaults.
+
+        Raises:
+            ValueError: ``name`` is not a known strategy.
+        """
+        if name not in STRATEGIES:
+            raise ValueError(f"write strategy {name!r}; expected one of {sorted(STRATEGIES)}")
+        return cls(**{**STRATEGIES[name], **fields})
 
     # --- own JSON -----------------------------------------------------------------------
     def to_json_dict(self) -> dict[str, Any]:

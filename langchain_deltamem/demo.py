@@ -2,7 +2,7 @@
 
 Run with ``make demo`` or ``python -m langchain_deltamem.demo``. The question's prompt holds only
 the system message and the question; the conversation reaches the model through the memory
-state alone. Until a trained adapter ships (the training issue), the adapter is fresh, so the
+state alone. Until a trained adapter ships, the adapter is fresh, so the
 memory is written and read but the answer cannot yet depend on it; the printed correction
 ratios show how strongly the read memory steers each layer.
 """
@@ -100,13 +100,21 @@ def run(max_new_tokens: int = 24, seed: int = 0) -> dict[str, object]:
     return {"answer": answer, "state_unchanged": unchanged, "ratios": ratios, "state": state}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``deltamem demo`` options."""
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run(args.max_new_tokens, args.seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    run_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

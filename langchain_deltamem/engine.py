@@ -15,16 +15,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .adapter_files import load_adapter
 from .backbones import EMBEDDED_BACKBONE, load_backbone
-from .config import DeltaMemConfig
+from .config import STRATEGIES, DeltaMemConfig
 from .injection import DeltaMem, attach
 
 FRESH_ADAPTERS = {
     "fresh": DeltaMemConfig(),
-    "fresh-ssw": DeltaMemConfig(),
-    "fresh-tsw": DeltaMemConfig(write_granularity="token"),
-    "fresh-msw": DeltaMemConfig(num_states=4),
+    **{f"fresh-{name}": DeltaMemConfig.for_strategy(name) for name in STRATEGIES},
 }
-DEFAULT_ADAPTER = "fresh"  # until trained adapters ship (training issue)
+DEFAULT_ADAPTER = "fresh"  # until a trained adapter ships
 FRESH_SEED = 0  # fixed, so a fresh adapter (and the memory it wrote) is the same in every process
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -4,11 +4,17 @@ Pure tensor code (no transformers, no LangChain): from the attention input ``h``
 the memory query/key/value/gate, reads and writes an explicit state, and maps reads to the
 low-rank corrections of the attention seams. Parameter names follow the reference adapter format
 (``memory_q_proj``, ``beta_bias``, ``delta_o_proj`` …) so adapter files map one to one.
+
+Research probes that try another write rule (centred keys, designed value paths, recording
+what is written) do so through `hook_write_inputs`, not by patching the class.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +22,13 @@ from torch import nn
 
 from .config import DeltaMemConfig
 from .scan import delta_rule_scan, read_state
+
+WriteInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""Keys, values and gates of the tokens or segments that write, each ``[B, T, H, r]``."""
+WriteInputsHook = Callable[
+    ["DeltaMemLayer", torch.Tensor, Callable[[torch.Tensor], WriteInputs]], WriteInputs
+]
+"""``hook(layer, h, default) -> (k, v, beta)``: ``default(h)`` computes the layer's own."""
 
 PARAMETER_NAMES = (
     "memory_q_proj",
@@ -38,6 +51,11 @@ class DeltaMemLayer(nn.Module):
         hidden_size: width ``d`` of the attention input.
         head_features: output width of each corrected seam, e.g. ``{"q": 576, "o": 576}``.
     """
+
+    write_inputs_hook: WriteInputsHook | None = None
+    """When set (by `hook_write_inputs`), `write_inputs` returns ``hook(self, h, default)``
+    instead of the layer's own keys, values and gates; for research probes, never set by the
+    package."""
 
     def __init__(
         self,
@@ -72,7 +90,7 @@ class DeltaMemLayer(nn.Module):
         base_weights: dict[str, torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        """Initialise as DELTAMEM.md §1: Kaiming memory projections, closed gates, and
+        """Initialise as the reference does: Kaiming memory projections, closed gates, and
         correction heads that are zero or a scaled slice of the frozen ``q_proj``/``o_proj``.
 
         Either way the heads read a zero state at first, so a fresh adapter leaves the
@@ -119,8 +137,17 @@ class DeltaMemLayer(nn.Module):
             return h - self.input_mean
         return h
 
-    def write_inputs(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keys (normalised), values (raw) and per-row gates, each ``[B, T, H, r]``."""
+    def write_inputs(self, h: torch.Tensor) -> WriteInputs:
+        """Keys (normalised), values (raw) and per-row gates, each ``[B, T, H, r]``, from the
+        inputs ``h`` ``[B, T, d]`` of the tokens (TSW) or segments (SSW) that write; what the
+        `write_inputs_hook` returns when one is set."""
+        hook = self.write_inputs_hook
+        if hook is not None:
+            return hook(self, h, self.default_write_inputs)
+        return self.default_write_inputs(h)
+
+    def default_write_inputs(self, h: torch.Tensor) -> WriteInputs:
+        """The layer's own `write_inputs` (whatever hook is set)."""
         k = F.linear(self._input_of("k", h), self.memory_k_proj)
         k = F.normalize(torch.tanh(self._split_states(k)), dim=-1, eps=1e-6)
         v = self._split_states(F.linear(self._input_of("v", h), self.memory_v_proj))
@@ -193,3 +220,33 @@ def _mean_written(beta: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
         return beta.mean()
     weights = mask.to(beta.dtype)[..., None].expand_as(beta)
     return (beta * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+@contextmanager
+def hook_write_inputs(
+    hook: WriteInputsHook, layers: Iterable[DeltaMemLayer] | None = None
+) -> Iterator[None]:
+    """Route the write inputs of ``layers`` through ``hook`` inside the block.
+
+    Args:
+        hook: ``hook(layer, h, default) -> (k, v, beta)``; ``default(h)`` is the layer's own
+            computation, so a hook may record ``h``, change it, or change what comes out.
+        layers: the layers to hook; None hooks every `DeltaMemLayer` of the process, those
+            built inside the block too (a trainer that attaches new layers when it resumes).
+
+    On exit each layer gets back the hook it had before (none, or an enclosing block's).
+    """
+    owners: list[Any] = [DeltaMemLayer] if layers is None else list(layers)
+    value = staticmethod(hook) if layers is None else hook  # a class attribute must not bind
+    missing = object()
+    before = [vars(owner).get("write_inputs_hook", missing) for owner in owners]
+    for owner in owners:
+        owner.write_inputs_hook = value
+    try:
+        yield
+    finally:
+        for owner, old in zip(owners, before, strict=True):
+            if old is missing:
+                del owner.write_inputs_hook
+            else:
+                owner.write_inputs_hook = old

@@ -21,6 +21,7 @@ from langchain_deltamem import engine as engine_module
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.engine import DeltaMemEngine
 from langchain_deltamem.injection import attach
+from langchain_deltamem.state import MemoryState
 
 TINY_BACKBONE = "tests/tiny-llama-on-smollm2-tokenizer"
 TINY_CONTEXT = 2048
@@ -97,3 +98,18 @@ def prompt_ids(engine: DeltaMemEngine, text: str) -> torch.Tensor:
         return_dict=True,
     )
     return encoded["input_ids"]
+
+
+# Notes written in the batching and writing tests: short, a message pair, one long enough to be
+# cut into pieces under small limits; states compared within TOL.
+TOL = 1e-5
+NOTES = [
+    [{"role": "user", "content": "My locker code is 4471."}],
+    [{"role": "user", "content": "The meeting moved to Thursday at noon, room B."}],
+    [{"role": "user", "content": "Juniper is my cat."}, {"role": "assistant", "content": "Ok."}],
+    [{"role": "user", "content": "A longer note about the garden and the river. " * 6}],
+]
+
+
+def max_difference(a: MemoryState, b: MemoryState) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a.layers, b.layers, strict=True))

@@ -6,63 +6,10 @@ import json
 from typing import Any
 
 import pytest
+from helpers import REFERENCE_DEFAULTS
 
 from langchain_deltamem.adapter_reference import config_from_reference, config_to_reference
 from langchain_deltamem.config import DeltaMemConfig
-
-# The reference's ``delta_mem_config.json`` with every field at its default (DELTAMEM.md §4),
-# written out here independently of the package so a drift in its table shows up.
-REFERENCE_DEFAULTS: dict[str, Any] = {
-    "rank": 8,
-    "alpha": 16.0,
-    "beta_bias_init": -1.5,
-    "normalize_qk": True,
-    "couple_lambda": True,
-    "state_update_mode": "standard",
-    "rankwise_gates": True,
-    "output_init": "zero",
-    "base_slice_ref_width": 8,
-    "online_gain": 0.05,
-    "num_state_heads": 1,
-    "num_memory_partitions": 1,
-    "num_global_memory_partitions": 0,
-    "memory_partition_routing": "soft",
-    "memory_partition_basis": "shared",
-    "tie_memory_partition_read_write": False,
-    "memory_partition_read_mode": "softmax",
-    "memory_partition_sigmoid_gate_bias_init": -2.0,
-    "slot_read_top_k": 0,
-    "global_memory_mode": "shared_rw",
-    "global_memory_read_top_k": 0,
-    "global_memory_merge_mode": "gated_residual",
-    "global_memory_gate_bias_init": -2.0,
-    "global_memory_read_logit_bias": 0.0,
-    "memory_reader_layers": [],
-    "memory_reader_hidden_size": 1024,
-    "memory_reader_residual_scale": 0.1,
-    "memory_reader_read_only": True,
-    "memory_readout_mode": "delta",
-    "memory_write_source": "learned_hidden",
-    "memory_write_granularity": "token",
-    "memory_write_proposals_per_message": 2,
-    "synthetic_memory_slots": 1,
-    "latent_memory_layers": [],
-    "latent_memory_hidden_size": 1024,
-    "latent_memory_residual_scale": 0.1,
-    "latent_memory_slots": 4,
-    "latent_memory_init_std": 0.002,
-    "latent_gate_init": 0.01,
-    "target_modules": ["self_attn"],
-    "target_layers": [],
-    "delta_heads": ["q", "k", "v", "o"],
-    "delta_o_rmsnorm": False,
-    "delta_o_rmsnorm_eps": 1e-6,
-    "trainable_delta_scale": False,
-    "delta_scale_init": 1.0,
-    "delta_scale_max": 2.0,
-    "delta_scale_granularity": "layer",
-    "delta_scale_parameterization": "alpha_over_rank",
-}
 
 
 def _reference(**changes: Any) -> dict[str, Any]:

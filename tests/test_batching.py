@@ -1,12 +1,11 @@
-"""Batched replies and batched writes equal running each conversation alone.
+"""Batched replies equal running each conversation alone.
 
 `batched_generation.generate_batch` (one left-padded prefill, one decode loop) must give every
 row the greedy tokens it gets alone, whatever the other rows do: different prompt lengths
 (padding), stop strings and budgets ending rows at different steps, a forced tool call's JSON
-constraint on some rows only, a row whose constraint fails. `writing.write_messages_batch`
-must leave each conversation's state as a separate write does (within 1e-5). Then through
-`ChatDeltaMem`: concurrent threads and asyncio tasks are grouped into batches and get the
-replies they get one at a time.
+constraint on some rows only, a row whose constraint fails. Then through `ChatDeltaMem`:
+concurrent threads and asyncio tasks are grouped into batches and get the replies they get one
+at a time. (Batched writes are tested in ``test_writing.py``.)
 
 Runs on the reliability tests' tiny engine (the embedded tokenizer and chat template, a 2-layer
 seeded Llama, a randomised adapter so memory visibly changes the logits).
@@ -21,27 +20,19 @@ from typing import Any
 import pytest
 import torch
 from langchain_core.messages import AIMessage, HumanMessage
-from reliability_support import build_tiny_engine, register_engine, unregister_engine
+from reliability_support import NOTES, TOL, max_difference, register_engine, unregister_engine
 
 from langchain_deltamem.batched_generation import BatchRequest, generate_batch
 from langchain_deltamem.batcher import MicroBatcher, get_batcher
 from langchain_deltamem.chat_model import ChatDeltaMem
-from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.engine import DeltaMemEngine
 from langchain_deltamem.generation import GenerationSettings, generate
 from langchain_deltamem.json_constraint import JsonSchemaConstraint
 from langchain_deltamem.memory import DeltaMemory
 from langchain_deltamem.state import MemoryState
 from langchain_deltamem.tool_calling import to_tool_schemas
-from langchain_deltamem.writing import write_messages, write_messages_batch
+from langchain_deltamem.writing import write_messages
 
-TOL = 1e-5
-NOTES = [
-    [{"role": "user", "content": "My locker code is 4471."}],
-    [{"role": "user", "content": "The meeting moved to Thursday at noon, room B."}],
-    [{"role": "user", "content": "Juniper is my cat."}, {"role": "assistant", "content": "Ok."}],
-    [{"role": "user", "content": "A longer note about the garden and the river. " * 6}],
-]
 QUESTIONS = [
     "What is my code?",
     "When is the meeting, and where?",
@@ -61,9 +52,8 @@ def weather(city: str, days: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def engine(embedded: Any) -> DeltaMemEngine:
-    torch.set_num_threads(1)
-    return build_tiny_engine(embedded[1])
+def engine(tiny_engine: DeltaMemEngine) -> DeltaMemEngine:
+    return tiny_engine
 
 
 def prompt(engine: DeltaMemEngine, text: str) -> torch.Tensor:
@@ -80,10 +70,6 @@ def written_states(engine: DeltaMemEngine) -> list[MemoryState]:
         write_messages(engine.handle, engine.tokenizer, state, notes)
         states.append(state)
     return states
-
-
-def max_difference(a: MemoryState, b: MemoryState) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a.layers, b.layers, strict=True))
 
 
 # --- the batched decode loop --------------------------------------------------------------
@@ -170,49 +156,6 @@ def test_a_failing_row_ends_alone(engine: DeltaMemEngine) -> None:
         engine.model, engine.tokenizer, ids[1], settings, memory=engine.handle.memory(states[1])
     )
     assert outcomes[1].token_ids == alone.token_ids
-
-
-# --- batched writes -----------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore:message 0 .* in pieces")
-@pytest.mark.parametrize(
-    "config",
-    [DeltaMemConfig(), DeltaMemConfig(write_granularity="token"), DeltaMemConfig(num_states=4)],
-    ids=["ssw", "tsw", "msw"],
-)
-def test_batched_writes_equal_separate_writes(embedded: Any, config: DeltaMemConfig) -> None:
-    engine = build_tiny_engine(embedded[1], config=config)
-    handle, tokenizer = engine.handle, engine.tokenizer
-    calls = [
-        *NOTES,
-        [
-            {"role": "user", "content": "What does the calculator say?"},
-            {"role": "tool", "content": "391", "source": "tool:calculator"},
-            {"role": "assistant", "content": "It says 391."},
-        ],
-        [{"role": "user", "content": "A note long enough for two forwards. " * 12}],
-    ]
-    limits = {"max_segment_tokens": 48, "max_forward_tokens": 120}  # the last call: 3 forwards
-    alone = []
-    for call in calls:
-        state = handle.new_state()
-        write_messages(handle, tokenizer, state, call, **limits)
-        alone.append(state)
-    batched = [handle.new_state() for _ in calls]
-    write_messages_batch(handle, tokenizer, batched, calls, **limits)
-    for i, (a, b) in enumerate(zip(alone, batched, strict=True)):
-        assert torch.equal(a.write_counts, b.write_counts), f"call {i}"
-        assert max_difference(a, b) <= TOL, f"call {i}: {max_difference(a, b)}"
-        assert float(a.layers[0].abs().max()) > 0.01  # something was written
-
-
-def test_batched_write_refuses_mismatched_inputs(engine: DeltaMemEngine) -> None:
-    states = [engine.handle.new_state()]
-    with pytest.raises(ValueError, match="1 states for 2 message lists"):
-        write_messages_batch(engine.handle, engine.tokenizer, states, NOTES[:2])
-    with pytest.raises(ValueError, match="holds 2 conversations"):
-        write_messages_batch(
-            engine.handle, engine.tokenizer, [engine.handle.new_state(2)], NOTES[:1]
-        )
 
 
 # --- through the chat model ---------------------------------------------------------------

@@ -56,6 +56,11 @@ def test_tiny_run_writes_report_and_plots_and_resumes(tmp_path: Path) -> None:
     # the window holds 6 messages: at turn 6 the buffer sees more history than δ-mem's prompt
     assert med["buffer"][6]["tokens"] > med["deltamem"][6]["tokens"]
     assert all(s["same_reply"] for v in results["samples"]["deltamem"].values() for s in v)
+    assert [t["turn"] for t in results["pass"]] == [1, 2, 3, 4, 5, 6]
+    tokens = [t["tokens"] for t in results["pass"][:3]]
+    assert tokens == sorted(tokens) and tokens[0] > 0  # the window is still filling
+    # below the context the buffer prompt is the whole history, as δ-mem's (window 6)
+    assert med["buffer"][3]["tokens"] == med["deltamem"][3]["tokens"]
     write = results["write"][0]
     assert write["tokens"] >= 64 and write["bare_tps"] > 0 and write["write_tps"] > 0
 

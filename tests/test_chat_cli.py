@@ -215,23 +215,6 @@ def test_console_entry_with_piped_stdin(tmp_path: Path) -> None:
     assert [m["role"] for m in _log(path)] == ["user", "assistant"]
 
 
-@pytest.mark.slow
-def test_turns_benchmark_smoke() -> None:
-    from langchain_deltamem.bench import turns
-
-    results = turns.run(turns=3, repeats=1, log=io.StringIO())
-    assert [t["turn"] for t in results["per_turn"]] == [1, 2, 3]
-    tokens = [t["prompt_tokens"] for t in results["per_turn"]]
-    assert tokens == sorted(tokens) and tokens[0] > 0  # the window is still filling
-    assert sorted(results["delta"]) == sorted(results["buffer"]) == [1, 2, 3]
-    assert all(d["same_reply"] for d in results["delta"].values())  # greedy re-runs
-    # below the context the buffer prompt is the whole history, as ChatDeltaMem's (window 6)
-    assert results["buffer"][3]["tokens"] == results["delta"][3]["tokens"]
-    table = turns.table(results)
-    assert "| ChatDeltaMem turn 3 vs turn 1, wall time |" in table
-    assert "| ChatDeltaMem vs buffer memory at turn 3, prompt tokens |" in table
-
-
 def test_progress_spins_on_a_terminal_and_prints_lines_otherwise() -> None:
     import time
 

@@ -34,7 +34,7 @@ from langchain_deltamem import engine as engine_module
 from langchain_deltamem import prompts as prompts_module
 from langchain_deltamem.backbones import EMBEDDED_BACKBONE
 from langchain_deltamem.chat_model import ChatDeltaMem
-from langchain_deltamem.engine import DEFAULT_ADAPTER, DeltaMemEngine, get_engine
+from langchain_deltamem.engine import DEFAULT_ADAPTER, DeltaMemEngine
 from langchain_deltamem.memory import DeltaMemory, MissingScopeError
 
 pytestmark = pytest.mark.slow
@@ -44,16 +44,6 @@ A1 = AIMessage("Noted: locker 4471.")
 H2 = HumanMessage("My cat is called Juniper.")
 A2 = AIMessage("A lovely name.")
 H3 = HumanMessage("What is my locker code?")
-
-
-@pytest.fixture(scope="module")
-def engine() -> DeltaMemEngine:
-    return get_engine()
-
-
-@pytest.fixture
-def memory(engine: DeltaMemEngine) -> DeltaMemory:
-    return DeltaMemory(engine)
 
 
 def make(memory: DeltaMemory, **params: Any) -> ChatDeltaMem:

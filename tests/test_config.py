@@ -41,6 +41,15 @@ def test_derived_quantities_for_msw() -> None:
     assert DeltaMemConfig(num_states=4, rankwise_gates=False).gate_rows == 4
 
 
+def test_strategy_names_map_to_configs() -> None:
+    assert DeltaMemConfig.for_strategy("ssw") == DeltaMemConfig()
+    assert DeltaMemConfig.for_strategy("tsw").strategy == "TSW"
+    assert DeltaMemConfig.for_strategy("msw").strategy == "MSW-SSW"
+    assert DeltaMemConfig.for_strategy("msw", rank=4).state_rows == 16
+    with pytest.raises(ValueError, match=r"'gsw'.*\['msw', 'ssw', 'tsw'\]"):
+        DeltaMemConfig.for_strategy("gsw")
+
+
 def test_config_is_immutable() -> None:
     config = DeltaMemConfig()
     with pytest.raises(ValidationError):

@@ -1,4 +1,4 @@
-"""Crash safety (issue 7): writers SIGKILLed mid-write leave the state before or after.
+"""Crash safety: writers SIGKILLed mid-write leave the state before or after.
 
 A zygote process (`crash_worker.py`, the same venv python) loads the tiny engine once and forks
 writer processes. Each writer opens the database, logs what it found, then writes memory in a
@@ -42,7 +42,6 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.store.base import PutOp
 from langgraph.store.memory import InMemoryStore
 from langgraph.store.sqlite import SqliteStore
-from reliability_support import build_tiny_engine, register_engine, unregister_engine
 
 from langchain_deltamem.engine import DeltaMemEngine
 from langchain_deltamem.memory import DEFAULT_NAMESPACE, DeltaMemory
@@ -118,12 +117,9 @@ def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
 
 
 @pytest.fixture(scope="module")
-def engine(embedded: Any) -> Iterator[DeltaMemEngine]:
+def engine(tiny_engine: DeltaMemEngine) -> DeltaMemEngine:
     """The same tiny engine the writers use (same seeds: same fingerprints)."""
-    engine = build_tiny_engine(embedded[1])
-    key = register_engine(engine)
-    yield engine
-    unregister_engine(key)
+    return tiny_engine
 
 
 def _lines(log: Path) -> list[str]:

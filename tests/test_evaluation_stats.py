@@ -121,12 +121,3 @@ def test_summary_and_table_on_constructed_records() -> None:
     assert overall["right_minus_swapped"]["low"] > 0
     table = to_markdown(rows)
     assert table.count("\n") == 5 and "| all | 40 | 0.500 | 0.100 |" in table
-
-
-def test_tool_state_options() -> None:
-    from langchain_deltamem.writing import parse_tool_states
-
-    assert parse_tool_states(["search=1", "calendar=3"]) == {"search": 1, "calendar": 3}
-    for bad in ("search", "=1", "search=x", "search=-1"):
-        with pytest.raises(ValueError, match="TOOL=INDEX"):
-            parse_tool_states([bad])

@@ -1,4 +1,4 @@
-"""Hostile and broken input (issue 7), as property-based tests with hypothesis.
+"""Hostile and broken input, as property-based tests with hypothesis.
 
 Each family starts from a valid artefact (memory-state bytes, an adapter directory in either
 format, a `DeltaMemory` export, a LangGraph store entry, the graph checkpoint field), damages it

@@ -343,7 +343,7 @@ def _capture_attention_inputs(
 def _hand_segment_writes(
     handle: DeltaMem, layer_id: int, start: torch.Tensor, h: torch.Tensor, segments: torch.Tensor
 ) -> torch.Tensor:
-    """One standard delta-rule step per segment on the mean input (DELTAMEM.md §1), H = 1."""
+    """One standard delta-rule step per segment on the mean input, H = 1."""
     layer = handle.layers[layer_id]
     s_mat = start.clone()
     for seg in range(int(segments.max()) + 1):

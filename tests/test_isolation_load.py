@@ -1,4 +1,4 @@
-"""Isolation under load (issue 7): many threads and asyncio tasks share one `DeltaMemory`.
+"""Isolation under load: many threads and asyncio tasks share one `DeltaMemory`.
 
 8 threads × 32 scopes (and an asyncio run with 256 concurrent tasks) mix writes, reads, held
 reads, chat turns, forks (out of the scope, and in from a shared base scope that every worker
@@ -18,7 +18,6 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +26,9 @@ import pytest
 import torch
 from langchain_core.messages import HumanMessage
 from reliability_support import (
-    build_tiny_engine,
     digest,
     prompt_ids,
-    register_engine,
     tensor_digest,
-    unregister_engine,
 )
 
 from langchain_deltamem.chat_model import ChatDeltaMem
@@ -129,14 +125,8 @@ def _thread(scope: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def engine(embedded: Any) -> Iterator[DeltaMemEngine]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-exact comparisons need one reduction order in every thread
-    engine = build_tiny_engine(embedded[1])
-    key = register_engine(engine)
-    yield engine
-    unregister_engine(key)
-    torch.set_num_threads(threads)
+def engine(tiny_engine: DeltaMemEngine) -> DeltaMemEngine:
+    return tiny_engine
 
 
 @pytest.fixture(scope="module")

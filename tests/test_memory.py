@@ -45,16 +45,6 @@ H3 = HumanMessage("I was born in Lisbon.")
 A3 = AIMessage("Lisbon is a beautiful city.")
 
 
-@pytest.fixture(scope="module")
-def engine() -> DeltaMemEngine:
-    return get_engine()
-
-
-@pytest.fixture
-def memory(engine: DeltaMemEngine) -> DeltaMemory:
-    return DeltaMemory(engine)
-
-
 def state_bytes(memory: DeltaMemory, scope: str) -> bytes:
     return memory.state(scope=scope).to_bytes()
 

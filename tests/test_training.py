@@ -26,17 +26,9 @@ from langchain_deltamem.training.episodes import (
 )
 from langchain_deltamem.training.run import parse_curriculum
 from langchain_deltamem.training.trainer import TrainConfig, Trainer, candidates_at, cosine_lr
-from langchain_deltamem.writing import turn_groups, write_history, write_messages
+from langchain_deltamem.writing import write_history, write_messages
 
 # --- pure parts ------------------------------------------------------------------------------
-
-
-def test_turn_groups_end_at_each_assistant_message() -> None:
-    u = {"role": "user", "content": "u"}
-    a = {"role": "assistant", "content": "a"}
-    t = {"role": "tool", "content": "t"}
-    assert turn_groups([u, a, u, a, t, a, u]) == [[u, a], [u, a], [t, a], [u]]
-    assert turn_groups([]) == []
 
 
 def test_curriculum_and_schedule() -> None:

@@ -19,14 +19,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.store.memory import InMemoryStore
-from reliability_support import build_tiny_engine, register_engine, unregister_engine
 
 from langchain_deltamem.chat_model import ChatDeltaMem
 from langchain_deltamem.engine import DeltaMemEngine
@@ -35,12 +33,8 @@ from langchain_deltamem.writing import WriteCancelled
 
 
 @pytest.fixture(scope="module")
-def engine(embedded: Any) -> Iterator[DeltaMemEngine]:
-    torch.set_num_threads(1)
-    engine = build_tiny_engine(embedded[1])
-    key = register_engine(engine)
-    yield engine
-    unregister_engine(key)
+def engine(tiny_engine: DeltaMemEngine) -> DeltaMemEngine:
+    return tiny_engine
 
 
 class Gate:

@@ -18,6 +18,7 @@ token-identical in the three ways (checked), so the same tokens are counted. Per
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import platform
@@ -35,7 +36,7 @@ from ..chat_model import ChatDeltaMem
 from ..engine import DeltaMemEngine, get_engine
 from ..generation import cache_kwargs, output_cache
 from ..memory import DeltaMemory
-from .turns import conversation
+from .cost import conversation
 
 GOAL = 3.0
 GOAL_AT = 8
@@ -314,3 +315,17 @@ def main(
     print(text)
     if out:
         Path(out).write_text(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``deltamem bench batching`` options."""
+    parser.add_argument("--out", help="also write the markdown report to this file")
+    parser.add_argument("--sizes", default="1,2,4,8,16", help="conversation counts of the curve")
+    parser.add_argument("--turns", type=int, default=2, help="turns per conversation")
+    parser.add_argument("--max-tokens", type=int, default=64, help="per reply")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    main(out=args.out, sizes=sizes, turns=args.turns, max_tokens=args.max_tokens)

@@ -1,13 +1,14 @@
 """Engine benchmark on the embedded SmolLM2: each goal is a ratio of two timings taken
 alternately in the same run (medians over repeats), so machine noise hits both sides alike.
 
-Goals (issue 2): chunked scan ≥ 20× the naive scan (T=4096, r=8, 30 layers); a 1,024-token
+Goals: chunked scan ≥ 20× the naive scan (T=4096, r=8, 30 layers); a 1,024-token
 prefill with TSW writes ≤ 1.15× the bare backbone, with SSW writes ≤ 1.05×; one decode step
 reading memory ≤ 1.10×; 7,680 bytes of state per conversation.
 """
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
@@ -22,6 +23,7 @@ from ..config import DeltaMemConfig
 from ..generation import cache_kwargs, output_cache
 from ..injection import attach
 from ..scan import chunk_delta_rule_scan, naive_delta_rule_scan
+from . import add_report_arguments
 
 
 def _paired(a: Callable[[], object], b: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -65,11 +67,8 @@ def bench_model(repeats: int, prefill: int = 1024, cache_len: int = 512) -> dict
     ids = torch.randint(0, model.config.vocab_size, (1, prefill), generator=gen)
     results: dict[str, float] = {}
     bare = lambda: model(ids, use_cache=False)  # noqa: E731
-    for name, config in (
-        ("tsw", DeltaMemConfig(write_granularity="token")),
-        ("ssw", DeltaMemConfig(write_granularity="segment")),
-    ):
-        handle = attach(model, config, seed=0)
+    for name in ("tsw", "ssw"):
+        handle = attach(model, DeltaMemConfig.for_strategy(name), seed=0)
         with torch.inference_mode():
             segments = (torch.arange(prefill) // 64)[None]  # 16 segments of 64 tokens
 
@@ -114,6 +113,15 @@ def _bench_decode(model: torch.nn.Module, handle, context: torch.Tensor, repeats
         "decode_s": t_mem / steps,
         "decode_ratio": t_mem / t_bare,
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``deltamem bench core`` options."""
+    return add_report_arguments(parser, repeats=5)
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    main(out=args.out, repeats=args.repeats)
 
 
 def main(out: str | None = None, repeats: int = 5) -> str:

@@ -11,7 +11,7 @@ Systems, each asked the same user message at the same turn with the same history
   all-MiniLM-L6-v2 (`baselines.VectorMemory`) plus the last 6 messages; the turn includes
   embedding the query and storing the new messages.
 
-One synthetic conversation (the chatter of `bench.turns`, fixed seed) is run once through
+One synthetic conversation (varied chatter from templates, fixed seed) is run once through
 δ-mem; its replies become the history every system is measured on, and δ-mem's memory is
 exported before each measured turn so the turn can be re-run on exactly that state. The
 measured turns are then re-run ``repeats`` times, the three systems in a rotating order, and
@@ -24,7 +24,7 @@ buffer = the kept history's text (UTF-8) plus its KV cache (layers × 2 × kv_he
 tokens × dtype bytes); vector = `VectorMemory.nbytes` (float32 vectors + UTF-8 text). Write
 throughput compares a δ-mem segment write of N tokens with the bare prefill of the same ids.
 
-Goals (issue "Evaluation and benchmarks"): δ-mem's last-turn time ≤ 0.1 × buffer memory's and
+Goals: δ-mem's last-turn time ≤ 0.1 × buffer memory's and
 ≤ 1.2 × its own turn-1 time; δ-mem's bytes per conversation constant.
 
 The pass and the samples are cached (``cache`` directory), so an interrupted run resumes where
@@ -33,9 +33,11 @@ it stopped; partial reports are written after every measured turn.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -46,6 +48,7 @@ from typing import Any, TextIO
 import torch
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
+from ..backbones import resolve_cache_dir
 from ..baselines import MiniLMEmbeddings, VectorMemory, buffer_window
 from ..chat_model import ChatDeltaMem
 from ..engine import DeltaMemEngine, get_engine
@@ -54,7 +57,6 @@ from ..memory import DeltaMemory, message_to_dict
 from ..prompts import prompt_ids
 from ..segments import encode_segments
 from ..writing import MEMORY_SYSTEM_PROMPT, write_messages
-from .turns import conversation
 
 WINDOW = 6
 MAX_TOKENS = 16
@@ -69,6 +71,98 @@ SYSTEMS = ("deltamem", "buffer", "vector")
 LABELS = {"deltamem": "δ-mem", "buffer": "buffer memory", "vector": "vector memory"}
 VECTOR_SYSTEM = "Earlier messages of this conversation that may be relevant:\n"
 PASS_SCOPE, RERUN_SCOPE = "cost-pass", "cost-rerun"
+
+
+# --- synthetic chatter ----------------------------------------------------------------------
+_NAMES = ["Mara", "Tomás", "Priya", "Jonas", "Aiko", "Luca", "Zoe", "Omar", "Ines", "Kwame"]
+_RELATIONS = ["sister", "brother", "cousin", "neighbour", "colleague", "friend", "aunt", "boss"]
+_CITIES = ["Lisbon", "Oslo", "Nairobi", "Osaka", "Lyon", "Denver", "Porto", "Krakow", "Quito"]
+_ACTIVITIES = [
+    "hiking",
+    "baking sourdough",
+    "learning the cello",
+    "running by the river",
+    "painting watercolours",
+    "playing chess online",
+    "gardening",
+    "rock climbing",
+    "reading old sci-fi",
+    "fixing my bike",
+]
+_TIMES = ["on weekends", "every morning", "after work", "on Tuesdays", "most evenings", "lately"]
+_FOODS = ["lentils", "spinach", "feta", "chickpeas", "mushrooms", "rice", "salmon", "tofu", "leeks"]
+_PETS = [("cat", "Juniper"), ("dog", "Pixel"), ("parrot", "Mango"), ("rabbit", "Biscuit")]
+_PET_ACTIONS = [
+    "knocked a plant off the shelf again",
+    "refuses to eat anything but the expensive food",
+    "learned to open the kitchen door",
+    "slept on my keyboard all afternoon",
+]
+_FEELINGS = ["nervous", "excited", "unsure", "tired", "curious", "a little stressed"]
+_EVENTS = [
+    "my job interview on Friday",
+    "the move to a new flat",
+    "my first half marathon",
+    "presenting at the team meeting",
+    "the dinner party I am hosting",
+    "my driving test",
+]
+_THINGS = [("book", "a long train ride"), ("podcast", "my commute"), ("app", "tracking habits")]
+_WEATHER = ["rainy", "unusually warm", "grey and windy", "sunny", "freezing"]
+_TEMPLATES = [
+    "I have been {activity} {time} and I really enjoy it.",
+    "My {relation} {name} is visiting from {city} next week.",
+    "Do you think I should try {activity} {time}?",
+    "Yesterday I went {activity} with {name}, it was great fun.",
+    "Can you recommend a good {thing} for {purpose}?",
+    "I'm {feeling} about {event}.",
+    "By the way, my {pet} {pet_name} {pet_action}.",
+    "What is a quick dinner with {food} and {food2}?",
+    "Remember that my locker code is {number}.",
+    "The weather in {city} has been {weather} all week.",
+    "{name} says {city} is the best place to live. What do you think?",
+    "I need to buy {food} and {food2} before the shops close.",
+    "How do I stay motivated with {activity}?",
+    "My {relation} thinks I spend too much time {activity}.",
+    "I finally booked a trip to {city} for the spring.",
+]
+_OPENERS = ["", "", "", "Hey! ", "Anyway, ", "Honestly, ", "Quick one: ", "Oh, and "]
+_LOWERABLE = {"My", "The", "Do", "Can", "What", "How", "Yesterday", "Remember", "By"}
+_CLOSERS = ["", "", "", " Any tips?", " It has been a long week.", " :)", " What would you do?"]
+
+
+def conversation(turns: int, seed: int = 0) -> list[str]:
+    """``turns`` varied user messages (the same for the same seed)."""
+    rng = random.Random(seed)
+    messages = []
+    for _ in range(turns):
+        pet, pet_name = rng.choice(_PETS)
+        thing, purpose = rng.choice(_THINGS)
+        food, food2 = rng.sample(_FOODS, 2)
+        opener, closer = rng.choice(_OPENERS), rng.choice(_CLOSERS)
+        body = rng.choice(_TEMPLATES).format(
+            activity=rng.choice(_ACTIVITIES),
+            time=rng.choice(_TIMES),
+            relation=rng.choice(_RELATIONS),
+            name=rng.choice(_NAMES),
+            city=rng.choice(_CITIES),
+            thing=thing,
+            purpose=purpose,
+            feeling=rng.choice(_FEELINGS),
+            event=rng.choice(_EVENTS),
+            pet=pet,
+            pet_name=pet_name,
+            pet_action=rng.choice(_PET_ACTIONS),
+            food=food,
+            food2=food2,
+            number=rng.randint(1000, 9999),
+            weather=rng.choice(_WEATHER),
+        )
+        if opener:
+            first = body.split(" ", 1)[0]
+            body = body[0].lower() + body[1:] if first in _LOWERABLE else body
+        messages.append(opener + body + closer)
+    return messages
 
 
 # --- small helpers --------------------------------------------------------------------------
@@ -215,14 +309,32 @@ def measure_deltamem(
     }
 
 
+def buffer_messages(
+    engine: DeltaMemEngine, messages: list[BaseMessage], max_tokens: int
+) -> tuple[list[BaseMessage], torch.Tensor]:
+    """Buffer memory's prompt: the messages kept (cut from the oldest to fit the context with
+    room for ``max_tokens``; the newest alone if nothing fits) and their ids."""
+    limit = engine.context_length - max_tokens - 1
+    kept = buffer_window(messages, engine, limit) or messages[-1:]  # the newest, cut if alone
+    return kept, prompt_ids(engine, kept)[:, -limit:]
+
+
+def buffer_prompt(
+    engine: DeltaMemEngine, messages: list[BaseMessage], max_tokens: int
+) -> tuple[torch.Tensor, int]:
+    """The buffer's prompt ids (`buffer_messages`) and the untruncated history's token count."""
+    full = prompt_ids(engine, messages)
+    if full.shape[1] <= engine.context_length - max_tokens - 1:
+        return full, full.shape[1]
+    return buffer_messages(engine, messages, max_tokens)[1], full.shape[1]
+
+
 def measure_buffer(engine: DeltaMemEngine, history: list[BaseMessage], user: str) -> dict[str, Any]:
     """Trim the history to the context (from the oldest), render, generate. ``gen_s`` is the
     generation alone (prefill + decode), ``s`` includes trimming and rendering."""
     messages = [*history, HumanMessage(user)]
-    limit = engine.context_length - MAX_TOKENS - 1
     t0 = time.perf_counter()
-    kept = buffer_window(messages, engine, limit) or messages[-1:]
-    ids = prompt_ids(engine.tokenizer, kept)[:, -limit:]
+    kept, ids = buffer_messages(engine, messages, MAX_TOKENS)
     t1 = time.perf_counter()
     result = generate(engine.model, engine.tokenizer, ids, GenerationSettings(MAX_TOKENS))
     t2 = time.perf_counter()
@@ -782,3 +894,34 @@ def main(
         for path in write_outputs(results, Path(out)):
             print(f"wrote {path}")
     return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``deltamem bench cost`` options."""
+    parser.add_argument("--out", help="write the markdown report here, PNGs next to it")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--turns", type=int, default=DEFAULT_TURNS)
+    parser.add_argument("--points", help="measured turns, e.g. 1,10,20 (default: 1,10,50,…)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write-tokens", help="write-throughput sizes, default 1024,4096")
+    parser.add_argument(
+        "--cache", help="resume directory (default: <DELTAMEM_CACHE_DIR>/bench-cost)"
+    )
+    return parser
+
+
+def default_cache() -> str:
+    """The resume directory of the δ-mem pass (shared with ``bench latency``)."""
+    return str(resolve_cache_dir() / "bench-cost")
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    main(
+        out=args.out,
+        repeats=args.repeats,
+        turns=args.turns,
+        points=args.points,
+        seed=args.seed,
+        write_tokens=args.write_tokens,
+        cache=args.cache or default_cache(),
+    )

@@ -18,6 +18,7 @@ llguidance``); without it the command says so.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -33,6 +34,7 @@ from ..generation import GenerationSettings, generate
 from ..json_constraint import JsonSchemaConstraint
 from ..prompts import prompt_ids
 from ..tool_calling import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, to_tool_schemas
+from . import add_report_arguments
 
 WEATHER = {
     "type": "function",
@@ -363,6 +365,15 @@ def _decision(rows: list[dict[str, Any]]) -> list[str]:
         "small stand-in tokenizer), and it admits only the canonical tokenization of forced "
         "text (the hand-written engine admits any token that continues it).",
     ]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``deltamem bench grammar`` options."""
+    return add_report_arguments(parser, repeats=5)
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    main(out=args.out, repeats=args.repeats)
 
 
 def main(out: str | None = None, repeats: int = 5) -> None:

@@ -1,6 +1,6 @@
 """Reply latency: δ-mem turn vs the bare backbone with the same window, side by side.
 
-At turn 1 and turn ``turns`` of one synthetic conversation (the chatter of `bench.turns`,
+At turn 1 and turn ``turns`` of one synthetic conversation (the chatter of `bench.cost`,
 replies from a δ-mem pass, shared with `bench.cost` through its cache), each measured turn is
 run ``repeats`` times in rotating order by three systems on the same prompt window:
 
@@ -21,6 +21,7 @@ reported, since the memory may change where a reply ends.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -38,7 +39,6 @@ from ..generation import GenerationSettings, generate
 from ..memory import DeltaMemory
 from ..prompts import prompt_ids
 from . import cost
-from .turns import conversation
 
 GOAL = 1.05
 SCOPE = "latency"
@@ -112,7 +112,7 @@ def run(
     if cache is not None:
         cache = cache / f"turns{turns}-seed{seed}"
         cache.mkdir(parents=True, exist_ok=True)
-    users = conversation(turns, seed)
+    users = cost.conversation(turns, seed)
     points = [1, turns]
     records, exports = cost.run_pass(memory, users, points, cache, key, log)
     replies = [r["reply"] for r in records]
@@ -232,3 +232,19 @@ def main(
     print(text)
     if out:
         Path(out).write_text(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``deltamem bench latency`` options."""
+    parser.add_argument("--out", help="also write the markdown report to this file")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--turns", type=int, default=200, help="the late turn")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cache", help="the δ-mem pass's resume directory (default: that of bench cost)"
+    )
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    main(args.out, args.repeats, args.turns, args.seed, args.cache or cost.default_cache())

@@ -5,7 +5,7 @@ LangChain app keeping its messages would, on varied synthetic chatter (`turns.co
 Per turn it records wall time, prompt tokens, the process's resident memory, and the state's
 largest per-layer norm and value, and whether every state value is finite.
 
-Checks (issue "Reliability"): no NaN/Inf, state norms bounded, per-turn time flat (median of
+Checks: no NaN/Inf, state norms bounded, per-turn time flat (median of
 the last 100 turns within 1.2× of the first 100), process memory flat.
 
 The run checkpoints (memory export + per-turn records) every ``checkpoint_every`` turns into
@@ -28,7 +28,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from ..chat_model import ChatDeltaMem
 from ..engine import get_engine
 from ..memory import DeltaMemory
-from .turns import conversation
+from .cost import conversation
 
 SCOPE = "long-session"
 GOAL_TIME = 1.2
@@ -226,14 +226,17 @@ def report(records: list[dict[str, Any]], out: Path, rerun: dict[str, Any] | Non
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m langchain_deltamem.bench.long_session")
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``deltamem bench long-session`` options."""
     parser.add_argument("--run-dir", default="runs/long-session")
     parser.add_argument("--turns", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="markdown summary (PNG beside it)")
     parser.add_argument("--repeats", type=int, default=3, help="side-by-side re-runs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> None:
     path = run(Path(args.run_dir), turns=args.turns, seed=args.seed)
     records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     rerun = remeasure(Path(args.run_dir), records, repeats=args.repeats, seed=args.seed)
@@ -241,6 +244,11 @@ def main(argv: list[str] | None = None) -> None:
     text = report(records, out, rerun)
     out.write_text(text)
     print(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m langchain_deltamem.bench.long_session")
+    run_from_args(add_arguments(parser).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Trainer throughput, the per-episode reference loop against the batched path, side by side.
 
-``python -m langchain_deltamem.bench.trainer [--out FILE]``: one process builds a trainer per
+``deltamem bench trainer [--out FILE]``: one process builds a trainer per
 variant on the embedded backbone (a fresh SSW rank-16 adapter, 1-fact episodes) and runs their
 steps in turn (A, B, C, A, B, C, …), so a busy machine slows every variant alike; the table
 gives median seconds per step, episodes per second and the ratio to the reference.
@@ -85,13 +85,16 @@ def to_markdown(
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m langchain_deltamem.bench.trainer")
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``deltamem bench trainer`` options."""
     parser.add_argument("--out", help="also append the markdown table to this file")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--distractors", type=int, nargs=2, default=[0, 0], metavar=("LO", "HI"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> None:
     distractors = (args.distractors[0], args.distractors[1])
     rows = measure(steps=args.steps, batch_size=args.batch_size, distractors=distractors)
     table = to_markdown(rows, batch_size=args.batch_size, distractors=distractors)
@@ -99,6 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         with open(args.out, "a", encoding="utf-8") as f:
             f.write(table + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m langchain_deltamem.bench.trainer")
+    run_from_args(add_arguments(parser).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,1 +1,2 @@
-"""Evaluation: held-out recall, plain-text perplexity and LoCoMo against the baselines."""
+"""Evaluation (``deltamem eval``): held-out recall, plain-text perplexity with an unrelated
+memory, and LoCoMo QA against baselines."""

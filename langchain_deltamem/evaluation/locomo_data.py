@@ -1,7 +1,7 @@
 """LoCoMo conversations as the evaluation sees them: turns with dates, questions, and the two
 renderings every system shares (a transcript for prompts, chat messages for memory writes).
 
-The data file is read, never copied: pass its path (``../shared/data/locomo10.json`` here).
+The data file is read, never copied: pass its path.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ A trained adapter must not turn the backbone into a worse language model: readin
 that has nothing to do with the text should cost little. For each held-out chat we score every
 token of the rendered conversation three ways: the bare backbone (no memory block), the adapter
 with an empty state (must equal the bare backbone: reads are zero), and the adapter reading
-the state written from *another* chat (the unrelated memory). The goal of issue 5 is a
-perplexity within 5 % of the bare backbone's.
+the state written from *another* chat (the unrelated memory). The goal is a perplexity within
+5 % of the bare backbone's.
 
-    deltamem eval perplexity --adapter DIR --n 40 [--locomo ../shared/data/locomo10.json]
+    deltamem eval perplexity --adapter DIR --n 40 [--locomo PATH/locomo10.json]
 """
 
 from __future__ import annotations

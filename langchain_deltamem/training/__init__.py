@@ -1,1 +1,2 @@
-"""Training: one episode's loss, batched objectives, probes, the trainer and ``deltamem train``."""
+"""Training (``deltamem train``): one episode's loss and the batched objectives, the data-aware
+start, the held-out content probe, and the trainer."""

@@ -40,8 +40,8 @@ def preservation_kl(
     """Mean per-token KL(bare backbone ‖ adapted) over a plain ``chat`` read with ``state``.
 
     ``state`` holds an unrelated memory: where the memory has nothing to say, the adapted
-    model should stay the backbone's language model (issue 5's perplexity goal). Returns the
-    KL and the number of tokens scored."""
+    model should stay the backbone's language model (the goal of ``deltamem eval perplexity``).
+    Returns the KL and the number of tokens scored."""
     ids = chat_ids(tokenizer, chat).to(state.device)  # type: ignore[arg-type]
     with torch.no_grad():
         bare = F.log_softmax(handle.model(ids, use_cache=False).logits.float(), dim=-1)

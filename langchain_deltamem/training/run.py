@@ -11,15 +11,9 @@ import argparse
 import os
 from typing import Any
 
-from ..config import DeltaMemConfig
+from ..config import STRATEGIES, DeltaMemConfig
 from ..writing import parse_tool_states
 from .trainer import TrainConfig, Trainer
-
-WRITE_MODES = {
-    "ssw": {"write_granularity": "segment", "num_states": 1},
-    "tsw": {"write_granularity": "token", "num_states": 1},
-    "msw": {"write_granularity": "segment", "num_states": 4},
-}
 
 
 def parse_curriculum(text: str) -> tuple[tuple[int, int | None], ...]:
@@ -39,7 +33,7 @@ def parse_curriculum(text: str) -> tuple[tuple[int, int | None], ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="run directory (resumed if it exists)")
     parser.add_argument("--backbone", default=None, help="HF id or directory (default: embedded)")
-    parser.add_argument("--mode", choices=sorted(WRITE_MODES), default="ssw")
+    parser.add_argument("--mode", choices=sorted(STRATEGIES), default="ssw")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--heads", default="q,o", help="correction heads, e.g. q,o or q,k,v,o")
     parser.add_argument("--alpha", type=float, default=None, help="scale numerator (16)")
@@ -169,7 +163,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     adapter: dict[str, Any] = {
-        **WRITE_MODES[args.mode],
         "rank": args.rank,
         "heads": tuple(h.strip() for h in args.heads.split(",") if h.strip()),
     }
@@ -187,7 +180,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             adapter[field] = getattr(args, option)
     return TrainConfig(
         backbone=args.backbone,
-        adapter=DeltaMemConfig(**adapter),
+        adapter=DeltaMemConfig.for_strategy(args.mode, **adapter),
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,

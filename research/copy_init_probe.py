@@ -10,12 +10,13 @@ what distinguishes this message from an average one; keys and queries share one 
 every read token sees the stored fact. Prints the held-out answer NLL with the right state and
 with a same-type swapped state for each gain.
 
-    python scripts/copy_init_probe.py --layers 0 1 2 3 --gains 0 50 100 200
+    python research/copy_init_probe.py --layers 0 1 2 3 --gains 0 50 100 200
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from types import SimpleNamespace
 
@@ -27,9 +28,7 @@ from langchain_deltamem.backbones import load_backbone
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.evaluation.recall import content_nll
 from langchain_deltamem.injection import attach
-from langchain_deltamem.layer import DeltaMemLayer
-
-_ORIGINAL = DeltaMemLayer.write_inputs
+from langchain_deltamem.layer import WriteInputsHook, hook_write_inputs
 
 
 def embedding_basis(model, rows: int) -> torch.Tensor:
@@ -41,15 +40,15 @@ def embedding_basis(model, rows: int) -> torch.Tensor:
     return vh[:rows]
 
 
-def centre_values(means: dict[int, torch.Tensor]) -> None:
-    """Values from ``h̄ − μ``; keys and gates from the raw ``h̄``."""
+def centre_values(means: dict[int, torch.Tensor]) -> WriteInputsHook:
+    """A write-inputs hook: values from ``h̄ − μ``; keys and gates from the raw ``h̄``."""
 
-    def centred(self, h):  # type: ignore[no-untyped-def]
-        k, _, beta = _ORIGINAL(self, h)
-        v = self._split_states(F.linear(h - means[id(self)], self.memory_v_proj))
+    def centred(layer, h, default):  # type: ignore[no-untyped-def]
+        k, _, beta = default(h)
+        v = layer._split_states(F.linear(h - means[id(layer)], layer.memory_v_proj))
         return k, v, beta
 
-    DeltaMemLayer.write_inputs = centred  # type: ignore[method-assign]
+    return centred
 
 
 def main() -> None:
@@ -72,20 +71,22 @@ def main() -> None:
             layer.memory_q_proj.copy_(layer.memory_k_proj)
             layer.memory_v_proj.copy_(basis[j * args.rank : (j + 1) * args.rank])
             layer.beta_bias.fill_(4.0)
+    hooked = contextlib.nullcontext()
     if not args.no_centre:
         measured = mean_segment_inputs(handle, tokenizer)
-        centre_values({key: value for key, value in measured.items()})
+        hooked = hook_write_inputs(centre_values(measured), handle.layers.values())
     episodes = probe_episodes(args.n, args.value_types)
     engine = SimpleNamespace(handle=handle, tokenizer=tokenizer)
-    for gain in args.gains:
-        with torch.no_grad():
-            for j, layer_id in enumerate(args.layers):
-                out = basis[j * args.rank : (j + 1) * args.rank].T * gain
-                handle.layers[layer_id].delta_o_proj.copy_(out)
-        result = content_nll(engine, episodes)  # type: ignore[arg-type]
-        result["gain"] = gain
-        result["layers"] = args.layers
-        print(json.dumps(result), flush=True)
+    with hooked:
+        for gain in args.gains:
+            with torch.no_grad():
+                for j, layer_id in enumerate(args.layers):
+                    out = basis[j * args.rank : (j + 1) * args.rank].T * gain
+                    handle.layers[layer_id].delta_o_proj.copy_(out)
+            result = content_nll(engine, episodes)  # type: ignore[arg-type]
+            result["gain"] = gain
+            result["layers"] = args.layers
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ are ~99 % the same for every episode (between-episode variance ≈ 1 % of the sq
 the read path learns to answer from "some state is there" (a prior) and not from what it says.
 This probe subtracts, in every layer, the mean segment input ``μ`` (estimated once on training
 chats) before the key and value projections, ``k, v = f(W (h̄ − μ))``, so a state holds what
-distinguishes a message from an average one. The gate still sees the raw input. The package's
-layer is patched in this process only; nothing here changes the shipped mechanism.
+distinguishes a message from an average one. The gate still sees the raw input. The probe
+hooks the layers' write inputs (`layer.hook_write_inputs`) while it runs; nothing here changes
+the shipped mechanism.
 
-    python scripts/centred_writes_probe.py --init-adapter ADAPTER --out runs/g-centred \
+    python research/centred_writes_probe.py --init-adapter ADAPTER --out runs/g-centred \
         --steps 150 --value-types colour food --contrast 1.0
 """
 
@@ -21,16 +22,14 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from state_spread import spread  # scripts/ is on the path when this runs as a script
+from state_spread import spread  # research/ is on the path when this runs as a script
 
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.episodes import generate_episodes
 from langchain_deltamem.evaluation.recall import content_nll
-from langchain_deltamem.layer import DeltaMemLayer
+from langchain_deltamem.layer import DeltaMemLayer, WriteInputsHook, hook_write_inputs
 from langchain_deltamem.training.trainer import TrainConfig, Trainer
 from langchain_deltamem.writing import write_history
-
-_ORIGINAL = DeltaMemLayer.write_inputs
 
 
 def mean_segment_inputs(handle, tokenizer, n: int = 64) -> dict[int, torch.Tensor]:
@@ -38,21 +37,17 @@ def mean_segment_inputs(handle, tokenizer, n: int = 64) -> dict[int, torch.Tenso
     sums: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = {}
 
-    def recording(self, h):  # type: ignore[no-untyped-def]
+    def recording(layer, h, default):  # type: ignore[no-untyped-def]
         rows = h.detach().reshape(-1, h.shape[-1])
         rows = rows[rows.abs().sum(-1) > 0]  # padding segments pool to zero
-        sums[id(self)] = sums.get(id(self), 0) + rows.sum(0)
-        counts[id(self)] = counts.get(id(self), 0) + rows.shape[0]
-        return _ORIGINAL(self, h)
+        sums[id(layer)] = sums.get(id(layer), 0) + rows.sum(0)
+        counts[id(layer)] = counts.get(id(layer), 0) + rows.shape[0]
+        return default(h)
 
-    DeltaMemLayer.write_inputs = recording  # type: ignore[method-assign]
-    try:
-        episodes = generate_episodes(n, split="train", seed=424242, distractors=(0, 2))
-        with torch.no_grad():
-            for episode in episodes:
-                write_history(handle, tokenizer, episode.history())
-    finally:
-        DeltaMemLayer.write_inputs = _ORIGINAL  # type: ignore[method-assign]
+    episodes = generate_episodes(n, split="train", seed=424242, distractors=(0, 2))
+    with torch.no_grad(), hook_write_inputs(recording):
+        for episode in episodes:
+            write_history(handle, tokenizer, episode.history())
     return {key: sums[key] / counts[key] for key in sums}
 
 
@@ -70,11 +65,12 @@ def probe_episodes(n: int, value_types: list[str]) -> list:
     )
 
 
-def centre(trainer: Trainer, by_layer: dict[int, torch.Tensor]) -> None:
-    """Patch the layer class so segment keys and values see ``h̄ − μ`` (the gate sees h̄).
+def centre(trainer: Trainer, by_layer: dict[int, torch.Tensor]) -> WriteInputsHook:
+    """A write-inputs hook under which segment keys and values see ``h̄ − μ`` (the gate h̄).
 
     Layers are found by object; a resumed trainer attaches new ones, so the lookup is rebuilt
-    from the trainer's current handle whenever a layer is not known yet."""
+    from the trainer's current handle whenever a layer is not known yet (and the hook is set
+    for every layer of the process, not the layers of today's handle)."""
     means: dict[int, torch.Tensor] = {}
 
     def mean_of(layer: DeltaMemLayer) -> torch.Tensor:
@@ -84,17 +80,17 @@ def centre(trainer: Trainer, by_layer: dict[int, torch.Tensor]) -> None:
             means.update({id(handle.layers[i]): by_layer[i] for i in handle.layer_ids})
         return means[id(layer)]
 
-    def centred(self, h):  # type: ignore[no-untyped-def]
-        c = h - mean_of(self)
+    def centred(layer, h, default):  # type: ignore[no-untyped-def]
+        c = h - mean_of(layer)
         k = F.normalize(
-            torch.tanh(self._split_states(F.linear(c, self.memory_k_proj))), dim=-1, eps=1e-6
+            torch.tanh(layer._split_states(F.linear(c, layer.memory_k_proj))), dim=-1, eps=1e-6
         )
-        v = self._split_states(F.linear(c, self.memory_v_proj))
-        beta = torch.sigmoid(F.linear(h, self.beta_proj, self.beta_bias))
-        beta = self._split_states(beta)
+        v = layer._split_states(F.linear(c, layer.memory_v_proj))
+        beta = torch.sigmoid(F.linear(h, layer.beta_proj, layer.beta_bias))
+        beta = layer._split_states(beta)
         return k, v, beta
 
-    DeltaMemLayer.write_inputs = centred  # type: ignore[method-assign]
+    return centred
 
 
 def state_variance_fraction(handle, tokenizer, episodes) -> float:
@@ -159,13 +155,13 @@ def main() -> None:
 
     if not resuming:
         probe(-1)  # uncentred, as the adapter was trained
-    centre(trainer, by_layer)
-    if resuming:  # load the checkpoint, then probe where the run stands
-        trainer.run(max_steps=0, progress=False)
-    probe(trainer.step)
-    while trainer.step < args.steps:
-        trainer.run(max_steps=args.probe_every, progress=False)
+    with hook_write_inputs(centre(trainer, by_layer)):
+        if resuming:  # load the checkpoint, then probe where the run stands
+            trainer.run(max_steps=0, progress=False)
         probe(trainer.step)
+        while trainer.step < args.steps:
+            trainer.run(max_steps=args.probe_every, progress=False)
+            probe(trainer.step)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ variance of the state divided by its mean squared norm. Near 0 means every episo
 (almost) the same matrix, so the read path can only learn "a state is present", not what it
 holds (docs/results/training.md, session 4).
 
-    python scripts/state_spread.py ADAPTER [--value-types colour food] [--n 40]
+    python research/state_spread.py ADAPTER [--value-types colour food] [--n 40]
 """
 
 from __future__ import annotations

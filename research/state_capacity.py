@@ -6,7 +6,7 @@ memory system prompt and the question. If even a directly optimised state cannot
 frozen model produce an unseen value, no write rule can: the read path (rank, correction
 heads, scale) is the bottleneck. If it can, the bottleneck is learning to write.
 
-    python scripts/state_capacity.py --adapter fresh --n 8 --steps 60
+    python research/state_capacity.py --adapter fresh --n 8 --steps 60
 """
 
 from __future__ import annotations

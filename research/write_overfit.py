@@ -6,7 +6,7 @@ and with the next episode's state (swapped). If the write path cannot even make 
 on episodes it sees every step, the end-to-end gradient does not reach content (a bug or a
 dead path); if it can, the open-pool failure is one of generalisation and data, not plumbing.
 
-    python scripts/write_overfit.py --adapter runs/ssw-r16-a/adapter-step350 --n 8 --steps 40
+    python research/write_overfit.py --adapter runs/ssw-r16-a/adapter-step350 --n 8 --steps 40
 """
 
 from __future__ import annotations
