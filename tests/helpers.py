@@ -1,5 +1,6 @@
 """Shared test utilities: tiny randomly initialised causal LMs, built offline from configs, and
-the reference implementation's default config (`REFERENCE_DEFAULTS`).
+the reference implementation's default config (`REFERENCE_DEFAULTS`), and where the LoCoMo data
+is (`LOCOMO_DATA`).
 
 Every model has 2 decoder layers, hidden size 64 and a 128-token vocabulary, so a forward pass
 takes a few milliseconds on a CPU. The same ``(arch, seed)`` always gives the same weights,
@@ -8,7 +9,9 @@ whatever the attention implementation, so eager and sdpa copies can be compared.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -148,6 +151,15 @@ def left_pad(sequences: list[torch.Tensor], pad_id: int = PAD_TOKEN_ID) -> dict[
 
 # The reference implementation's ``delta_mem_config.json`` with every field at its default,
 # written out here independently of the package so a drift in its table shows up.
+# LoCoMo is evaluation data, never part of the repository: DELTAMEM_LOCOMO, else the project's
+# shared data folder beside the checkout.
+LOCOMO_DATA = Path(
+    os.environ.get(
+        "DELTAMEM_LOCOMO",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo10.json",
+    )
+)
+
 REFERENCE_DEFAULTS: dict[str, Any] = {
     "rank": 8,
     "alpha": 16.0,

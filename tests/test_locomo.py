@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import LOCOMO_DATA
 
 from langchain_deltamem.evaluation import locomo
 from langchain_deltamem.evaluation.locomo_data import (
@@ -18,7 +19,7 @@ from langchain_deltamem.evaluation.locomo_data import (
 )
 from langchain_deltamem.generation import generate
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo10.json"
+DATA = LOCOMO_DATA
 needs_data = pytest.mark.skipif(not DATA.is_file(), reason=f"LoCoMo data not at {DATA}")
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import LOCOMO_DATA
 
 from langchain_deltamem.cli import main as cli_main
 from langchain_deltamem.engine import get_engine
@@ -20,8 +20,7 @@ from langchain_deltamem.evaluation.perplexity import (
 )
 
 pytestmark = pytest.mark.slow
-# The LoCoMo data file is not part of the repository: its path comes from the environment.
-LOCOMO = Path(os.environ.get("DELTAMEM_LOCOMO", "locomo10.json"))
+LOCOMO = LOCOMO_DATA
 
 
 def test_bare_perplexity_matches_a_hand_computed_loss() -> None:
@@ -61,7 +60,7 @@ def test_held_out_chats_are_held_out_and_chatty() -> None:
     assert {m["role"] for chat in chats for m in chat} == {"user", "assistant"}
 
 
-@pytest.mark.skipif(not LOCOMO.is_file(), reason="set DELTAMEM_LOCOMO to locomo10.json")
+@pytest.mark.skipif(not LOCOMO.is_file(), reason=f"no LoCoMo data at {LOCOMO}")
 def test_locomo_windows() -> None:
     chats = locomo_chats(LOCOMO, 3, turns=12)
     assert len(chats) == 3 and all(len(chat) == 12 for chat in chats)
