@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .adapter_files import AdapterFileError, load_adapter, read_adapter, save_adapter
 from .backbones import EMBEDDED_BACKBONE, load_backbone
 from .config import DeltaMemConfig
-from .injection import DeltaMem, MemoryRun, UnsupportedModelError, attach, detach
+from .injection import AttachedAdapter, MemoryRun, UnsupportedModelError, attach, detach
 from .segments import EncodedSegments, encode_segments
 from .state import MemoryState, MemoryStateError
 
@@ -42,8 +42,8 @@ _LAZY = {
 __all__ = [
     "EMBEDDED_BACKBONE",
     "AdapterFileError",
+    "AttachedAdapter",
     "ChatDeltaMem",
-    "DeltaMem",
     "DeltaMemConfig",
     "DeltaMemMiddleware",
     "DeltaMemState",

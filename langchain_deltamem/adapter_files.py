@@ -35,7 +35,7 @@ from .adapter_reference import (
     config_to_reference,
 )
 from .config import DeltaMemConfig
-from .injection import DeltaMem, UnsupportedModelError, attach
+from .injection import AttachedAdapter, UnsupportedModelError, attach
 from .records import CHECKSUM, RecordFormat, checksum_mismatch, checksum_of, without_checksum
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -58,7 +58,7 @@ class AdapterFileError(ValueError):
 
 
 def save_adapter(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     directory: str | os.PathLike[str],
     *,
     format: Literal["own", "reference"] = "own",
@@ -140,7 +140,7 @@ def load_adapter(
     directory: str | os.PathLike[str],
     *,
     allow_other_backbone: bool = False,
-) -> DeltaMem:
+) -> AttachedAdapter:
     """Attach the adapter stored in ``directory`` to ``model`` and load its weights strictly.
 
     Args:

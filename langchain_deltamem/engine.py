@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .adapter_files import load_adapter
 from .backbones import EMBEDDED_BACKBONE, load_backbone
 from .config import STRATEGIES, DeltaMemConfig
-from .injection import DeltaMem, attach
+from .injection import AttachedAdapter, attach
 
 FRESH_ADAPTERS = {
     "fresh": DeltaMemConfig(),
@@ -39,7 +39,7 @@ class DeltaMemEngine:
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    handle: DeltaMem
+    handle: AttachedAdapter
     backbone: str
     adapter: str
     compute_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)

@@ -50,7 +50,9 @@ class CorrectedLinear(nn.Module):
     forwards ``weight``/``bias``/feature sizes for code that inspects the projection.
     """
 
-    def __init__(self, base_layer: nn.Linear, handle: DeltaMem, layer_id: int, head: str) -> None:
+    def __init__(
+        self, base_layer: nn.Linear, handle: AttachedAdapter, layer_id: int, head: str
+    ) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.head = head
@@ -152,7 +154,7 @@ class MemoryRun:
         return ratios
 
 
-class DeltaMem:
+class AttachedAdapter:
     """Handle of δ-mem attached to one backbone: its layers, states, and read/write control.
 
     Use :func:`attach` to build it. Typical use::
@@ -557,15 +559,15 @@ class DeltaMem:
 
 def attach(
     model: nn.Module, config: DeltaMemConfig | None = None, *, seed: int | None = None
-) -> DeltaMem:
-    """Freeze ``model`` and give it a fresh δ-mem adapter; returns the :class:`DeltaMem` handle.
+) -> AttachedAdapter:
+    """Freeze ``model`` and give it a fresh δ-mem adapter; returns its :class:`AttachedAdapter`.
 
     Raises:
         UnsupportedModelError: no attention module exposes ``q_proj``/``o_proj`` (and
             ``k_proj``/``v_proj`` for those heads) as linear layers; the message names the
             attention class found.
     """
-    return DeltaMem(model, config or DeltaMemConfig(), seed=seed)
+    return AttachedAdapter(model, config or DeltaMemConfig(), seed=seed)
 
 
 def detach(model: nn.Module) -> nn.Module:

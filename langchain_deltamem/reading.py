@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from .injection import DeltaMem
+from .injection import AttachedAdapter
 from .prompts import prompt_ids
 from .state import MemoryState
 from .writing import MEMORY_SYSTEM_PROMPT
@@ -39,7 +39,7 @@ def answer_ids(tokenizer: object, answer: str) -> torch.Tensor:
 
 
 def answer_nll(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: object,
     state: MemoryState,
     question: str,

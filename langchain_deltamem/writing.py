@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from .injection import DeltaMem
+from .injection import AttachedAdapter
 from .segments import EncodedSegments, encode_segments
 from .state import MemoryState
 
@@ -93,7 +93,7 @@ def parse_tool_states(items: Sequence[str]) -> dict[str, int]:
 
 
 def write_messages(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: PreTrainedTokenizerBase,
     state: MemoryState,
     messages: Sequence[Mapping[str, str]],
@@ -127,7 +127,7 @@ def write_messages(
         gate_log: when given, each layer's mean write gate is appended (training's
             write-sparsity penalty).
         detach_inputs: with ``grad``, keep gradients in the write maths only (see
-            `DeltaMem.memory`); much cheaper to train, the write pass's backward skips the
+            `AttachedAdapter.memory`); much cheaper to train, the write pass's backward skips the
             backbone.
         progress: called after each forward with (tokens written, tokens to write).
         cancel: checked before each forward; once set, `WriteCancelled` is raised (the state
@@ -223,7 +223,7 @@ def plan_forwards(
 
 
 def write_messages_batch(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: PreTrainedTokenizerBase,
     states: Sequence[MemoryState],
     messages: Sequence[Sequence[Mapping[str, str]]],
@@ -272,7 +272,7 @@ def write_messages_batch(
 
 
 def _forward_write_batch(
-    handle: DeltaMem, states: list[MemoryState], forwards: list[PlannedForward]
+    handle: AttachedAdapter, states: list[MemoryState], forwards: list[PlannedForward]
 ) -> None:
     if len(states) == 1:
         forward = forwards[0]
@@ -313,7 +313,7 @@ def _forward_write_batch(
 
 
 def _forward_write(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     state: MemoryState,
     input_ids: torch.Tensor,
     segment_ids: torch.Tensor,
@@ -417,7 +417,7 @@ def turn_groups(messages: Sequence[Mapping[str, str]]) -> list[list[Mapping[str,
 
 
 def write_history(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: PreTrainedTokenizerBase,
     messages: Sequence[Mapping[str, str]],
     *,

@@ -27,7 +27,7 @@ from langchain_deltamem.adapter_files import (
     save_adapter,
 )
 from langchain_deltamem.config import DeltaMemConfig
-from langchain_deltamem.injection import DeltaMem, attach
+from langchain_deltamem.injection import AttachedAdapter, attach
 
 OWN_CONFIG = "adapter_config.json"
 OWN_WEIGHTS = "adapter_model.safetensors"
@@ -80,7 +80,7 @@ def _tiny_qwen3(seed: int = 0) -> Qwen3ForCausalLM:
     return Qwen3ForCausalLM(config).eval()
 
 
-def _randomised(handle: DeltaMem, seed: int = 5) -> DeltaMem:
+def _randomised(handle: AttachedAdapter, seed: int = 5) -> AttachedAdapter:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in handle.parameters():
@@ -88,7 +88,7 @@ def _randomised(handle: DeltaMem, seed: int = 5) -> DeltaMem:
     return handle
 
 
-def _trained(model: nn.Module, config: DeltaMemConfig = TSW, seed: int = 5) -> DeltaMem:
+def _trained(model: nn.Module, config: DeltaMemConfig = TSW, seed: int = 5) -> AttachedAdapter:
     return _randomised(attach(model, config, seed=0), seed)
 
 
@@ -96,7 +96,7 @@ def _tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _logits_after_write(handle: DeltaMem) -> torch.Tensor:
+def _logits_after_write(handle: AttachedAdapter) -> torch.Tensor:
     """Write a short history, then read with a question; returns the question's logits."""
     history, question = _tokens(2, 10, seed=2), _tokens(2, 5, seed=3)
     state = handle.new_state(2)
@@ -110,7 +110,7 @@ def _logits_after_write(handle: DeltaMem) -> torch.Tensor:
             return handle.model(question).logits
 
 
-def _assert_same_adapter(a: DeltaMem, b: DeltaMem) -> None:
+def _assert_same_adapter(a: AttachedAdapter, b: AttachedAdapter) -> None:
     sa, sb = a.adapter_state_dict(), b.adapter_state_dict()
     assert list(sa) == list(sb)
     for name in sa:

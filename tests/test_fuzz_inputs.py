@@ -56,7 +56,7 @@ from langchain_deltamem.chat_model import ChatDeltaMem
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.engine import DeltaMemEngine
 from langchain_deltamem.graph import GraphMemory
-from langchain_deltamem.injection import DeltaMem, attach
+from langchain_deltamem.injection import AttachedAdapter, attach
 from langchain_deltamem.memory import DEFAULT_NAMESPACE, DeltaMemory, MemoryRecordError
 from langchain_deltamem.state import MemoryState, MemoryStateError
 
@@ -321,7 +321,9 @@ def _flip_char(draw: st.DrawFn, text: str) -> str:
 # ------------------------------------------------------------------------------------------
 
 
-def _written(handle: DeltaMem, batch: int = 2, length: int = 9, seed: int = 1) -> MemoryState:
+def _written(
+    handle: AttachedAdapter, batch: int = 2, length: int = 9, seed: int = 1
+) -> MemoryState:
     tokens = torch.randint(3, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
     state = handle.new_state(batch)
     with torch.no_grad(), handle.memory(state, write=True):
@@ -330,12 +332,12 @@ def _written(handle: DeltaMem, batch: int = 2, length: int = 9, seed: int = 1) -
 
 
 @pytest.fixture(scope="module")
-def state_handle() -> DeltaMem:
+def state_handle() -> AttachedAdapter:
     return attach(build_model("llama", seed=0), TSW, seed=0)
 
 
 @pytest.fixture(scope="module")
-def original_state(state_handle: DeltaMem) -> MemoryState:
+def original_state(state_handle: AttachedAdapter) -> MemoryState:
     state = _written(state_handle)
     assert all(bool(t.abs().sum() > 0) for t in state.layers)
     return state
@@ -379,7 +381,7 @@ def _check_state_load(
 @FUZZ
 @given(data=st.data())
 def test_damaged_state_bytes_are_refused_or_unchanged(
-    data: st.DataObject, state_handle: DeltaMem, original_state: MemoryState
+    data: st.DataObject, state_handle: AttachedAdapter, original_state: MemoryState
 ) -> None:
     original = original_state.to_bytes()
     label, mutated = data.draw(byte_damage(original))
@@ -463,7 +465,7 @@ def tensor_damage(draw: st.DrawFn, state: MemoryState) -> tuple[str, dict[str, A
 @FUZZ
 @given(data=st.data())
 def test_resaved_wrong_tensors_are_refused_by_name(
-    data: st.DataObject, state_handle: DeltaMem, original_state: MemoryState
+    data: st.DataObject, state_handle: AttachedAdapter, original_state: MemoryState
 ) -> None:
     original = original_state.to_bytes()
     label, tensors, word = data.draw(tensor_damage(original_state))
@@ -477,7 +479,7 @@ def test_resaved_wrong_tensors_are_refused_by_name(
 @FUZZ
 @given(data=st.data())
 def test_damaged_state_metadata_is_refused_or_unchanged(
-    data: st.DataObject, state_handle: DeltaMem, original_state: MemoryState
+    data: st.DataObject, state_handle: AttachedAdapter, original_state: MemoryState
 ) -> None:
     original = original_state.to_bytes()
     label, meta = data.draw(json_damage(_state_meta(original)))
@@ -491,7 +493,7 @@ def test_damaged_state_metadata_is_refused_or_unchanged(
 def test_states_of_another_model_are_refused_even_when_damaged(
     which: str,
     data: st.DataObject,
-    state_handle: DeltaMem,
+    state_handle: AttachedAdapter,
     foreign_states: dict[str, bytes],
 ) -> None:
     foreign = foreign_states[which]
@@ -504,7 +506,9 @@ def test_states_of_another_model_are_refused_even_when_damaged(
     _assert_names(problem, info.value, f"{which} {label}")
 
 
-def test_the_state_fuzzer_can_fail(state_handle: DeltaMem, original_state: MemoryState) -> None:
+def test_the_state_fuzzer_can_fail(
+    state_handle: AttachedAdapter, original_state: MemoryState
+) -> None:
     """The checks above catch a silently different state (guards against a vacuous oracle)."""
     other = _written(state_handle, seed=7).to_bytes()
     with pytest.raises(AssertionError, match="other content"):

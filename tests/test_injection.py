@@ -28,8 +28,8 @@ from transformers import (
 from langchain_deltamem.config import DeltaMemConfig
 from langchain_deltamem.injection import (
     ADAPTER_ATTRIBUTE,
+    AttachedAdapter,
     CorrectedLinear,
-    DeltaMem,
     UnsupportedModelError,
     attach,
 )
@@ -60,7 +60,7 @@ def _one_thread():
 
 
 # --- helpers ------------------------------------------------------------------------------
-def _randomise(handle: DeltaMem, seed: int = 0) -> None:
+def _randomise(handle: AttachedAdapter, seed: int = 0) -> None:
     """Give every adapter parameter a random value (open gates, non-zero heads)."""
     generator = torch.Generator().manual_seed(seed)
     scales = {"memory_q_proj": 0.3, "memory_k_proj": 0.3, "memory_v_proj": 0.3}
@@ -79,7 +79,7 @@ def _attached(
     *,
     seed: int = 0,
     randomise: bool = True,
-) -> tuple[PreTrainedModel, DeltaMem]:
+) -> tuple[PreTrainedModel, AttachedAdapter]:
     model = build_model(arch, impl)
     handle = attach(model, config, seed=seed)
     if randomise:
@@ -120,7 +120,7 @@ def _max_ratio(run) -> float:
     return max(r for heads in run.correction_ratio().values() for r in heads.values())
 
 
-def _attention(model: PreTrainedModel, handle: DeltaMem, layer_id: int) -> nn.Module:
+def _attention(model: PreTrainedModel, handle: AttachedAdapter, layer_id: int) -> nn.Module:
     return model.get_submodule(handle.paths[layer_id])
 
 
@@ -215,7 +215,7 @@ def _segments(length: int, spec: list[int]) -> torch.Tensor:
 
 def _two_calls(
     model: PreTrainedModel,
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     state: MemoryState,
     first: dict[str, torch.Tensor],
     second: dict[str, torch.Tensor],
@@ -324,7 +324,7 @@ def test_segment_writes_need_segment_ids(arch: str) -> None:
 
 
 def _capture_attention_inputs(
-    model: PreTrainedModel, handle: DeltaMem
+    model: PreTrainedModel, handle: AttachedAdapter
 ) -> tuple[dict[int, list[torch.Tensor]], list]:
     captured: dict[int, list[torch.Tensor]] = {i: [] for i in handle.layer_ids}
     hooks = []
@@ -341,7 +341,11 @@ def _capture_attention_inputs(
 
 
 def _hand_segment_writes(
-    handle: DeltaMem, layer_id: int, start: torch.Tensor, h: torch.Tensor, segments: torch.Tensor
+    handle: AttachedAdapter,
+    layer_id: int,
+    start: torch.Tensor,
+    h: torch.Tensor,
+    segments: torch.Tensor,
 ) -> torch.Tensor:
     """One standard delta-rule step per segment on the mean input, H = 1."""
     layer = handle.layers[layer_id]

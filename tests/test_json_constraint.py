@@ -28,12 +28,8 @@ from tool_support import (
 )
 
 from langchain_deltamem.json_constraint import JsonSchemaConstraint
-from langchain_deltamem.tool_calling import (
-    parse_tool_calls,
-    render_prompt,
-    to_tool_schemas,
-    tool_names,
-)
+from langchain_deltamem.prompts import render_prompt
+from langchain_deltamem.tool_calling import parse_tool_calls, to_tool_schemas, tool_names
 
 # --------------------------------------------------------------------------------------
 # A tiny JSON-schema validator (the subset the constraint promises) for the tests

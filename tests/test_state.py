@@ -16,7 +16,7 @@ from safetensors.torch import save as safetensors_save
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from langchain_deltamem.config import DeltaMemConfig
-from langchain_deltamem.injection import DeltaMem, attach
+from langchain_deltamem.injection import AttachedAdapter, attach
 from langchain_deltamem.state import MemoryState, MemoryStateError, state_bytes
 
 TSW = DeltaMemConfig(write_granularity="token")
@@ -38,7 +38,7 @@ def _tiny_llama(seed: int = 0) -> LlamaForCausalLM:
 
 def _attached(
     backbone_seed: int = 0, adapter_seed: int = 0, config: DeltaMemConfig = TSW
-) -> tuple[LlamaForCausalLM, DeltaMem]:
+) -> tuple[LlamaForCausalLM, AttachedAdapter]:
     model = _tiny_llama(backbone_seed)
     return model, attach(model, config, seed=adapter_seed)
 
@@ -47,7 +47,7 @@ def _tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _written(handle: DeltaMem, batch: int = 2, length: int = 9) -> MemoryState:
+def _written(handle: AttachedAdapter, batch: int = 2, length: int = 9) -> MemoryState:
     state = handle.new_state(batch)
     with torch.no_grad(), handle.memory(state, write=True):
         handle.model(_tokens(batch, length))
@@ -66,12 +66,12 @@ def _assert_same_state(a: MemoryState, b: MemoryState) -> None:
 
 
 @pytest.fixture(scope="module")
-def attached() -> tuple[LlamaForCausalLM, DeltaMem]:
+def attached() -> tuple[LlamaForCausalLM, AttachedAdapter]:
     return _attached()
 
 
 @pytest.fixture(scope="module")
-def written(attached: tuple[LlamaForCausalLM, DeltaMem]) -> MemoryState:
+def written(attached: tuple[LlamaForCausalLM, AttachedAdapter]) -> MemoryState:
     return _written(attached[1])
 
 
@@ -108,7 +108,7 @@ def test_written_state_is_not_trivial(written: MemoryState) -> None:
 
 
 def test_bytes_round_trip_is_bit_exact(
-    attached: tuple[LlamaForCausalLM, DeltaMem], written: MemoryState
+    attached: tuple[LlamaForCausalLM, AttachedAdapter], written: MemoryState
 ) -> None:
     data = written.to_bytes()
     assert isinstance(data, bytes)
@@ -122,7 +122,7 @@ def test_bytes_round_trip_is_bit_exact(
 
 
 def test_loaded_state_reads_like_the_original(
-    attached: tuple[LlamaForCausalLM, DeltaMem], written: MemoryState
+    attached: tuple[LlamaForCausalLM, AttachedAdapter], written: MemoryState
 ) -> None:
     model, handle = attached
     loaded = handle.load_state(written.to_bytes())
@@ -207,7 +207,7 @@ def test_corrupt_bytes_are_refused(name: str, written: MemoryState) -> None:
 
 
 def test_every_single_bit_flip_of_the_header_is_refused_by_the_handle(
-    attached: tuple[LlamaForCausalLM, DeltaMem], written: MemoryState
+    attached: tuple[LlamaForCausalLM, AttachedAdapter], written: MemoryState
 ) -> None:
     """A damaged header either fails to parse or no longer matches the model: never loaded."""
     _, handle = attached
@@ -361,7 +361,9 @@ def test_from_bytes_checks_expected_fingerprint(written: MemoryState) -> None:
         MemoryState.from_bytes(data, expected_fingerprint=f"backbone:0000/{adapter}")
 
 
-def test_fingerprint_follows_adapter_updates(attached: tuple[LlamaForCausalLM, DeltaMem]) -> None:
+def test_fingerprint_follows_adapter_updates(
+    attached: tuple[LlamaForCausalLM, AttachedAdapter],
+) -> None:
     _, handle = _attached()
     before = handle.fingerprint()
     assert before == attached[1].fingerprint()  # same backbone, same seed, same config
@@ -389,7 +391,7 @@ def test_fingerprint_follows_adapter_updates(attached: tuple[LlamaForCausalLM, D
     ],
 )
 def test_memory_refuses_incompatible_states(
-    attached: tuple[LlamaForCausalLM, DeltaMem],
+    attached: tuple[LlamaForCausalLM, AttachedAdapter],
     config: DeltaMemConfig,
     layer_ids: tuple[int, ...],
     match: str,
@@ -402,7 +404,7 @@ def test_memory_refuses_incompatible_states(
 
 
 def test_load_state_refuses_a_state_written_for_other_layers(
-    attached: tuple[LlamaForCausalLM, DeltaMem],
+    attached: tuple[LlamaForCausalLM, AttachedAdapter],
 ) -> None:
     """Same fingerprint, but the bytes claim other layers: refuse on load, not later."""
     _, handle = attached
@@ -412,7 +414,7 @@ def test_load_state_refuses_a_state_written_for_other_layers(
 
 
 def test_load_state_refuses_a_state_of_another_rank(
-    attached: tuple[LlamaForCausalLM, DeltaMem],
+    attached: tuple[LlamaForCausalLM, AttachedAdapter],
 ) -> None:
     _, handle = attached
     config = DeltaMemConfig(rank=4, write_granularity="token")
@@ -421,7 +423,7 @@ def test_load_state_refuses_a_state_of_another_rank(
         handle.load_state(state.to_bytes())
 
 
-def test_memory_refuses_batch_mismatch(attached: tuple[LlamaForCausalLM, DeltaMem]) -> None:
+def test_memory_refuses_batch_mismatch(attached: tuple[LlamaForCausalLM, AttachedAdapter]) -> None:
     model, handle = attached
     state = handle.new_state(2)
     with pytest.raises(MemoryStateError, match="batch"):
@@ -454,7 +456,7 @@ def test_construction_is_validated() -> None:
 
 
 def test_clone_is_independent(
-    attached: tuple[LlamaForCausalLM, DeltaMem], written: MemoryState
+    attached: tuple[LlamaForCausalLM, AttachedAdapter], written: MemoryState
 ) -> None:
     model, handle = attached
     snapshot = MemoryState.from_bytes(written.to_bytes())
@@ -473,7 +475,7 @@ def test_clone_is_independent(
 
 
 def test_read_only_use_leaves_the_state_unchanged(
-    attached: tuple[LlamaForCausalLM, DeltaMem], written: MemoryState
+    attached: tuple[LlamaForCausalLM, AttachedAdapter], written: MemoryState
 ) -> None:
     model, handle = attached
     snapshot = written.clone()
@@ -491,7 +493,7 @@ def test_clone_detaches_from_autograd(written: MemoryState) -> None:
     assert not any(t.requires_grad for t in tracked.detach().layers)
 
 
-def test_select_concat_round_trip(attached: tuple[LlamaForCausalLM, DeltaMem]) -> None:
+def test_select_concat_round_trip(attached: tuple[LlamaForCausalLM, AttachedAdapter]) -> None:
     _, handle = attached
     state = _written(handle, batch=3, length=6)
     parts = [state.select(0), state.select([1, 2])]
@@ -507,7 +509,7 @@ def test_select_concat_round_trip(attached: tuple[LlamaForCausalLM, DeltaMem]) -
     assert not torch.equal(part.layers[0][0], state.layers[0][0])
 
 
-def test_select_and_concat_errors(attached: tuple[LlamaForCausalLM, DeltaMem]) -> None:
+def test_select_and_concat_errors(attached: tuple[LlamaForCausalLM, AttachedAdapter]) -> None:
     _, handle = attached
     state = handle.new_state(2)
     with pytest.raises(MemoryStateError, match="out of range"):

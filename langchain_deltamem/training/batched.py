@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from ..injection import DeltaMem
+from ..injection import AttachedAdapter
 from ..prompts import history_messages, prompt_ids
 from ..reading import answer_ids, question_ids
 from ..segments import encode_segments
@@ -66,7 +66,7 @@ def _routes(
 
 
 def write_histories(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: object,
     histories: Sequence[Messages],
     *,
@@ -147,7 +147,7 @@ def _put_rows(state: MemoryState, rows: list[int], sub: MemoryState) -> MemorySt
     )
 
 
-def _decoder(handle: DeltaMem) -> torch.nn.Module:
+def _decoder(handle: AttachedAdapter) -> torch.nn.Module:
     model = handle.model
     return model.get_decoder() if hasattr(model, "get_decoder") else model
 
@@ -235,7 +235,7 @@ def history_spans(
 
 
 def scored_logits(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     batch: ScoredBatch,
     state: MemoryState | None,
     *,
@@ -268,7 +268,7 @@ def per_row_mean(values: torch.Tensor, batch: ScoredBatch) -> torch.Tensor:
 
 
 def answer_nlls(
-    handle: DeltaMem, batch: ScoredBatch, state: MemoryState | None, *, bf16: bool = False
+    handle: AttachedAdapter, batch: ScoredBatch, state: MemoryState | None, *, bf16: bool = False
 ) -> torch.Tensor:
     """Mean answer NLL per row ``[B]`` (as `reading.answer_nll` per episode)."""
     logits = scored_logits(handle, batch, state, bf16=bf16)
@@ -284,7 +284,7 @@ def permuted(state: MemoryState, order: Sequence[int]) -> MemoryState:
 # --- greedy replies -------------------------------------------------------------------------
 @torch.no_grad()
 def greedy_replies(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: object,
     prompts: Sequence[torch.Tensor],
     state: MemoryState | None,

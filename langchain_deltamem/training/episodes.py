@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..injection import DeltaMem
+from ..injection import AttachedAdapter
 from ..prompts import chat_ids
 from ..reading import answer_nll
 from ..state import MemoryState
@@ -35,7 +35,10 @@ class EpisodeLoss:
 
 
 def preservation_kl(
-    handle: DeltaMem, tokenizer: object, chat: Sequence[Mapping[str, str]], state: MemoryState
+    handle: AttachedAdapter,
+    tokenizer: object,
+    chat: Sequence[Mapping[str, str]],
+    state: MemoryState,
 ) -> tuple[torch.Tensor, int]:
     """Mean per-token KL(bare backbone ‖ adapted) over a plain ``chat`` read with ``state``.
 
@@ -68,7 +71,7 @@ def between_episode_share(states: Sequence[MemoryState]) -> torch.Tensor:
 
 
 def episode_loss(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: object,
     messages: Sequence[Mapping[str, str]],
     question: str,
@@ -85,7 +88,7 @@ def episode_loss(
     """Write pass (with gradients) + read pass + answer-only cross-entropy (+ gate penalty).
 
     ``truncated_writes`` (default) keeps the write pass's gradients in the memory maths (the
-    backbone's hidden states are read as constants, see `DeltaMem.memory`): the backward pass
+    backbone's hidden states are read as constants, see `AttachedAdapter.memory`): the backward pass
     then skips the backbone for every write call, which is most of an episode's tokens.
 
     ``swapped_state`` (another episode's memory) adds the content term: the answer read with

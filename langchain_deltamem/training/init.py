@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from ..episodes import Episode
-from ..injection import DeltaMem
+from ..injection import AttachedAdapter
 from ..segments import encode_segments
 from ..writing import MEMORY_SYSTEM_PROMPT
 from .batched import backbone_precision
@@ -29,7 +29,7 @@ from .batched import backbone_precision
 
 @torch.no_grad()
 def segment_inputs(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: object,
     episodes: Sequence[Episode],
     *,
@@ -66,7 +66,7 @@ def segment_inputs(
     return {i: torch.stack(rows) for i, rows in means.items()}, contents
 
 
-def estimate_means(handle: DeltaMem, inputs: dict[int, torch.Tensor]) -> None:
+def estimate_means(handle: AttachedAdapter, inputs: dict[int, torch.Tensor]) -> None:
     """Set each layer's ``input_mean`` to the mean segment input (centred adapters only)."""
     if not handle.config.centred_inputs:
         raise ValueError("estimate_means: the adapter centres no input (centred_inputs=())")
@@ -76,7 +76,7 @@ def estimate_means(handle: DeltaMem, inputs: dict[int, torch.Tensor]) -> None:
 
 @torch.no_grad()
 def init_content_directions(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: object,
     episodes: Sequence[Episode],
     inputs: dict[int, torch.Tensor],

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..episodes import Episode, swap_partners
-from ..injection import DeltaMem
+from ..injection import AttachedAdapter
 from ..state import MemoryState
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter
 from . import batched, transfer
@@ -80,7 +80,7 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def batch_loss(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: object,
     episodes: Sequence[Episode],
     weights: ObjectiveWeights,

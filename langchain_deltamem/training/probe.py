@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..episodes import Episode, generate_episodes, swap_partners
-from ..injection import DeltaMem
+from ..injection import AttachedAdapter
 from ..paired_bootstrap import paired_difference
 from ..reading import is_correct, question_ids
 from ..state import MemoryState
@@ -39,7 +39,7 @@ def probe_episodes(n: int, value_types: Sequence[str] | None) -> list[Episode]:
 
 
 def content_probe(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: object,
     episodes: Sequence[Episode],
     *,
@@ -104,7 +104,7 @@ def content_probe(
 
 
 def greedy_accuracy(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: object,
     episodes: Sequence[Episode],
     states: MemoryState,
@@ -139,7 +139,7 @@ def greedy_accuracy(
 
 
 def controls(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     tokenizer: object,
     episodes: Sequence[Episode],
     *,

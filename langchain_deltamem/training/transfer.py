@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..injection import DeltaMem
+from ..injection import AttachedAdapter
 from ..state import MemoryState
 from .batched import ScoredBatch, backbone_precision
 
@@ -47,7 +47,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def teacher_targets(
-    handle: DeltaMem,
+    handle: AttachedAdapter,
     batch: ScoredBatch,
     history: torch.Tensor,
     *,
@@ -141,7 +141,10 @@ def _bias(linear: nn.Module) -> torch.Tensor | None:
 
 
 def transfer_loss(
-    handle: DeltaMem, state: MemoryState, targets: dict[int, LayerTarget], row_of: torch.Tensor
+    handle: AttachedAdapter,
+    state: MemoryState,
+    targets: dict[int, LayerTarget],
+    row_of: torch.Tensor,
 ) -> torch.Tensor:
     """Mean over layers of ‖memory o-correction − target‖² / ‖target‖² at the scored
     positions, the correction read from ``state`` (row ``row_of[n]`` for position n) with the
