@@ -316,14 +316,14 @@ def buffer_messages(
     room for ``max_tokens``; the newest alone if nothing fits) and their ids."""
     limit = engine.context_length - max_tokens - 1
     kept = buffer_window(messages, engine, limit) or messages[-1:]  # the newest, cut if alone
-    return kept, prompt_ids(engine, kept)[:, -limit:]
+    return kept, prompt_ids(engine.tokenizer, kept)[:, -limit:]
 
 
 def buffer_prompt(
     engine: DeltaMemEngine, messages: list[BaseMessage], max_tokens: int
 ) -> tuple[torch.Tensor, int]:
     """The buffer's prompt ids (`buffer_messages`) and the untruncated history's token count."""
-    full = prompt_ids(engine, messages)
+    full = prompt_ids(engine.tokenizer, messages)
     if full.shape[1] <= engine.context_length - max_tokens - 1:
         return full, full.shape[1]
     return buffer_messages(engine, messages, max_tokens)[1], full.shape[1]
