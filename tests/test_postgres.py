@@ -154,6 +154,7 @@ def test_async_postgres_store_and_chat_model(url: str, tiny: DeltaMemEngine) -> 
                 backbone=tiny.backbone, adapter=tiny.adapter, memory=memory, max_tokens=3
             )
             reply = await model.ainvoke("Hello", config={"configurable": {"thread_id": "c"}})
+            await memory.aflush()  # the turn's write-behind, before the store closes
             return (
                 await memory.aexport(scope="a"),
                 await memory.aexport(scope="b"),
