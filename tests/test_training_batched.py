@@ -213,6 +213,34 @@ def test_runs_probe_themselves_and_can_be_extended(tmp_path: Path) -> None:
         other.handle.detach()
 
 
+def test_the_attention_kernel_changes_speed_not_the_step(tmp_path: Path) -> None:
+    """Training's eager attention (faster on the CPU here) and the fused kernel give the same
+    first step: same loss and gradients, within float tolerance."""
+    config = TrainConfig(
+        adapter=DeltaMemConfig(rank=4),
+        steps=1,
+        batch_size=3,
+        warmup_steps=0,
+        num_facts=(1,),
+        kinds=("facts",),
+        distractors=(0, 1),
+    )
+    results = []
+    for kernel in ("eager", "sdpa"):
+        trainer = Trainer(config.model_copy(update={"attention": kernel}), tmp_path / kernel)
+        try:
+            assert trainer.handle.model.config._attn_implementation == kernel
+            record = trainer.train_step()
+            grads = torch.cat([p.grad.flatten() for p in trainer.params if p.grad is not None])
+        finally:
+            trainer.handle.detach()
+        results.append((record["loss"], grads))
+    (eager_loss, eager_grads), (sdpa_loss, sdpa_grads) = results
+    assert eager_loss == pytest.approx(sdpa_loss, abs=1e-4)
+    assert eager_grads.norm() > 0
+    assert (eager_grads - sdpa_grads).norm() <= 1e-4 * eager_grads.norm()
+
+
 def test_autoencoding_asks_for_the_stored_message_back() -> None:
     episode = _episodes(1, num_facts=(1,), kinds=("facts",), distractors=(0, 0))[0]
     copy = autoencoding(episode)

@@ -20,9 +20,17 @@ from ..config import DeltaMemConfig
 from ..training.trainer import TrainConfig, Trainer
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "reference loop (one episode at a time, fp32)": {"batched": False},
-    "batched, fp32": {"batched": True},
-    "batched, bf16 backbone": {"batched": True, "bf16": True},
+    "reference loop (one episode at a time, fp32, sdpa attention)": {
+        "batched": False,
+        "attention": "sdpa",
+    },
+    "batched, fp32, sdpa attention": {"batched": True, "attention": "sdpa"},
+    "batched, bf16 backbone, sdpa attention": {"batched": True, "bf16": True, "attention": "sdpa"},
+    "batched, bf16 backbone, eager attention (the trainer's default)": {
+        "batched": True,
+        "bf16": True,
+        "attention": "eager",
+    },
 }
 
 

@@ -122,6 +122,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--bf16", action="store_true", help="bf16 autocast for the backbone (memory maths fp32)"
     )
     parser.add_argument(
+        "--attention",
+        choices=["eager", "sdpa"],
+        default="eager",
+        help="the backbone's attention kernel while training (eager is faster on the CPU here)",
+    )
+    parser.add_argument(
         "--distill",
         type=float,
         default=0.0,
@@ -206,6 +212,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         init_episodes=args.init_episodes,
         batched=not args.reference_loop,
         bf16=args.bf16,
+        attention=args.attention,
         distill=args.distill,
         distill_temperature=args.distill_temperature,
         contrast_target=args.contrast_target,

@@ -38,6 +38,7 @@ from ..backbones import load_backbone
 from ..config import DeltaMemConfig
 from ..injection import attach
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, write_history
+from .batched import backbone_precision
 from .episodes import between_episode_share, episode_loss, preservation_kl
 from .init import estimate_means, init_content_directions, segment_inputs
 from .objectives import ObjectiveWeights, batch_loss
@@ -105,6 +106,10 @@ class TrainConfig(BaseModel):
     False runs the per-episode reference (`episodes.episode_loss`), kept for the benchmark."""
     bf16: bool = False
     """bf16 autocast for the frozen backbone's matmuls (the memory maths stays fp32)."""
+    attention: Literal["eager", "sdpa"] = "eager"
+    """The backbone's attention kernel while training: on the CPU the fused (sdpa) kernel's
+    backward is slower than plain matmuls for these short padded rows (`deltamem bench
+    trainer`); both give the same numbers within float tolerance."""
     distill: float = Field(0.0, ge=0)
     """Weight of KL(teacher ‖ student) at the answer positions; the teacher is the frozen
     backbone with the history in its prompt."""
@@ -282,7 +287,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.accelerator = accelerator
         torch.manual_seed(config.seed)
-        model, self.tokenizer = load_backbone(config.backbone)
+        model, self.tokenizer = load_backbone(config.backbone, attn_implementation=config.attention)
         if accelerator is not None:
             model = model.to(accelerator.device)
         if config.init_adapter is not None:
@@ -417,9 +422,11 @@ class Trainer:
         if config.preserve <= 0:
             return None, 0
         text, other = self.source.plain_chats(self.step)
-        kl, kl_tokens = preservation_kl(
-            self.handle, self.tokenizer, text, self._memory_of(other, grad=True)
-        )
+        # The unrelated memory is a constant here: the term teaches the read path to leave
+        # text alone; its write pass without a graph (and in bf16) halves the term's cost.
+        with backbone_precision(config.bf16):
+            unrelated = self._memory_of(other)
+            kl, kl_tokens = preservation_kl(self.handle, self.tokenizer, text, unrelated)
         (config.preserve * kl).backward()
         return float(kl.detach()), kl_tokens
 
