@@ -7,9 +7,10 @@ so a small middleware forces a call on the first step of each turn (``tool_choic
 decoded under the tool's JSON schema) and offers no tools after a result.
 
 Memory: each AI step is written to the dialogue state, each tool result to its tool's own state
-(the ``fresh-msw`` adapter has 4 states); only the last ``--keep`` messages stay in the graph
-state. Until a trained adapter ships the replies do not depend on memory; the printed write
-counts show where each step went.
+(the packaged ``smollm2-msw`` adapter has 4 states); only the last ``--keep`` messages stay in
+the graph state. The adapter was trained on remembered facts, not on tool results (its MSW form
+shares the SSW maps across states), so do not expect much recall of tool outputs; the printed
+write counts show where each step went.
 
     python examples/agent_tools.py [--max-tokens 48] [--keep 6]
 """
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--questions", nargs="*", default=QUESTIONS)
     args = parser.parse_args(argv)
 
-    memory = DeltaMemory(get_engine(adapter="fresh-msw"))  # this run's own memory
-    model = ChatDeltaMem(adapter="fresh-msw", max_tokens=args.max_tokens, memory=memory)
+    memory = DeltaMemory(get_engine(adapter="smollm2-msw"))  # this run's own memory
+    model = ChatDeltaMem(adapter="smollm2-msw", max_tokens=args.max_tokens, memory=memory)
     agent = create_agent(
         model,
         tools=[calculator, lookup_note],

@@ -140,6 +140,7 @@ def load_adapter(
     directory: str | os.PathLike[str],
     *,
     allow_other_backbone: bool = False,
+    num_states: int | None = None,
 ) -> AttachedAdapter:
     """Attach the adapter stored in ``directory`` to ``model`` and load its weights strictly.
 
@@ -149,12 +150,16 @@ def load_adapter(
         allow_other_backbone: accept an own-format adapter recorded for a different backbone
             checkpoint (same shapes). Off by default: an adapter only means something on the
             backbone it was trained with.
+        num_states: load a single-state segment-write (SSW) adapter as an MSW one with this
+            many states sharing its maps (`widen_states`); None = as stored.
 
     Raises:
         AdapterFileError: missing/corrupt files, or tensors that do not fit the model; the model
             is left without δ-mem in that case.
     """
     config, tensors, info = _read_adapter(directory)
+    if num_states is not None and num_states != config.num_states:
+        config, tensors = widen_states(config, tensors, num_states, where=str(directory))
     attached_before = getattr(model, "_deltamem_handle", None) is not None
     try:
         handle = attach(model, config)
@@ -185,6 +190,44 @@ def load_adapter(
         handle.detach()
         raise
     return handle
+
+
+_STATE_ROWS = ("memory_q_proj", "memory_k_proj", "memory_v_proj", "beta_proj", "beta_bias")
+
+
+def widen_states(
+    config: DeltaMemConfig,
+    tensors: dict[str, torch.Tensor],
+    num_states: int,
+    *,
+    where: str = "adapter",
+) -> tuple[DeltaMemConfig, dict[str, torch.Tensor]]:
+    """A single-state SSW adapter as an MSW one whose ``num_states`` states share its maps.
+
+    Each state gets the same key, value, gate and query projections (rows repeated), and each
+    correction head reads the sum of the states (columns repeated). A conversation written into
+    state 0 alone therefore reads exactly as under the SSW adapter, while tool results routed
+    to other states are written and read by the same learned maps in matrices of their own.
+    """
+    if config.num_states != 1 or config.write_granularity != "segment":
+        raise AdapterFileError(
+            f"{where}: only a single-state segment-write adapter can be widened to "
+            f"{num_states} states (this one has {config.num_states} state(s), "
+            f"{config.write_granularity} writes)"
+        )
+    if not config.rankwise_gates:
+        raise AdapterFileError(f"{where}: widening needs rank-wise gates (one gate per row)")
+    wide = {}
+    for name, tensor in tensors.items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in _STATE_ROWS:
+            wide[name] = tensor.repeat(num_states, *([1] * (tensor.dim() - 1)))
+        elif leaf.startswith("delta_") and tensor.dim() == 2:
+            wide[name] = tensor.repeat(1, num_states)
+        else:
+            wide[name] = tensor
+    widened = DeltaMemConfig.model_validate({**config.model_dump(), "num_states": num_states})
+    return widened, wide
 
 
 # --- readers ------------------------------------------------------------------------------

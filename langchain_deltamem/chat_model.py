@@ -100,8 +100,10 @@ class ChatDeltaMem(BaseChatModel):
     """Hugging Face id or local directory; None = the embedded SmolLM2-135M-Instruct.
     Default: the ``DELTAMEM_BACKBONE`` environment variable, if set."""
     adapter: str | None = Field(default_factory=from_env("DELTAMEM_ADAPTER", default=None))
-    """Adapter directory (own or reference format) or ``fresh``/``fresh-tsw``/``fresh-msw``;
-    None = the project's default adapter. Default: ``DELTAMEM_ADAPTER``, if set."""
+    """Adapter directory (own or reference format), a packaged trained adapter of the embedded
+    backbone (``smollm2-ssw``; ``smollm2-msw`` gives tool results states of their own), or
+    ``fresh``/``fresh-tsw``/``fresh-msw``; None = ``smollm2-ssw`` on the embedded backbone, a
+    fresh adapter on any other. Default: ``DELTAMEM_ADAPTER``, if set."""
     dtype: str = "float32"
     """Backbone dtype: float32, bfloat16 or float16."""
     max_tokens: int = Field(256, ge=1)

@@ -1,10 +1,13 @@
-"""The main job on the embedded default: write a conversation into δ-mem, then ask about it.
+"""The main job on the embedded default: recall from δ-mem, next to the swapped-memory control.
 
-Run with ``make demo`` or ``python -m langchain_deltamem.demo``. The question's prompt holds only
-the system message and the question; the conversation reaches the model through the memory
-state alone. Until a trained adapter ships, the adapter is fresh, so the
-memory is written and read but the answer cannot yet depend on it; the printed correction
-ratios show how strongly the read memory steers each layer.
+Run with ``make demo`` or ``python -m langchain_deltamem.demo``. ``ChatDeltaMem()`` (the embedded
+SmolLM2-135M-Instruct with the packaged trained adapter) writes two short conversations of the
+same kind into two memory scopes. The question's prompt holds only the system message and the
+question: the conversation reaches the model through the memory state alone. For each scope the
+demo prints the reply and the NLL per token of each conversation's stored value, so the effect of
+*what* was stored shows beside two controls: the other conversation's memory (same kind, another
+value) and an empty memory. The adapter was trained on one-fact conversations about favourite
+colours and foods (docs/results/training.md); values here were never seen in training.
 """
 
 from __future__ import annotations
@@ -12,104 +15,95 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from typing import Any
 
 import torch
+from langchain_core.messages import HumanMessage, SystemMessage
 
-from .backbones import load_backbone
-from .config import DeltaMemConfig
-from .injection import attach
-from .segments import encode_segments
+from .chat_model import ChatDeltaMem
+from .reading import answer_nll
+from .writing import MEMORY_SYSTEM_PROMPT
 
-SYSTEM_PROMPT = (
-    "You answer questions using earlier notes, passages, or dialogue history. Use exact details "
-    "from them whenever possible. If they do not contain the answer, reply exactly: No "
-    "information available."
-)
-CONVERSATION = [
-    {"role": "user", "content": "Hi! I'm Mara. I just moved to Lisbon for a job at a bakery."},
-    {"role": "assistant", "content": "Welcome to Lisbon, Mara! How is the bakery job going?"},
-    {"role": "user", "content": "Great. My shift starts at 5 am and my dog Pixel hates it."},
-    {"role": "assistant", "content": "Early starts are hard on everyone, Pixel included."},
-]
-QUESTION = "What is the name of my dog?"
+CONVERSATIONS = {
+    "mara": [
+        {"role": "user", "content": "Honestly, roasted pumpkin risotto is my comfort food."},
+        {"role": "assistant", "content": "Saved: roasted pumpkin risotto."},
+    ],
+    "theo": [
+        {"role": "user", "content": "Honestly, slow-cooked lentil tagine is my comfort food."},
+        {"role": "assistant", "content": "Saved: slow-cooked lentil tagine."},
+    ],
+}
+STORED = {"mara": "roasted pumpkin risotto", "theo": "slow-cooked lentil tagine"}
+QUESTION = "What food could I eat every day?"
 
 
-def run(max_new_tokens: int = 24, seed: int = 0) -> dict[str, object]:
-    """Load, write, ask; returns what was printed, for tests."""
+def run(max_new_tokens: int = 16, adapter: str | None = None) -> dict[str, Any]:
+    """Load, write both conversations, ask each scope; returns what was printed, for tests."""
     started = time.perf_counter()
-    model, tokenizer = load_backbone()
+    model = ChatDeltaMem(adapter=adapter, max_tokens=max_new_tokens)
+    engine, memory = model.engine, model.get_memory()
+    handle, tokenizer = engine.handle, engine.tokenizer
     print(
-        "backbone: SmolLM2-135M-Instruct (embedded), loaded in "
-        f"{time.perf_counter() - started:.1f} s"
+        f"backbone: SmolLM2-135M-Instruct (embedded); adapter: {engine.adapter} "
+        f"({handle.config.strategy}, rank {handle.config.rank}, heads "
+        f"{','.join(handle.config.heads)}); loaded in {time.perf_counter() - started:.1f} s"
     )
-    handle = attach(model, DeltaMemConfig(), seed=seed)
-    n_params = sum(p.numel() for p in handle.parameters())
-    print(
-        f"adapter: fresh {handle.config.strategy}, rank {handle.config.rank}, heads "
-        f"{','.join(handle.config.heads)}, {n_params:,} parameters on "
-        f"{len(handle.layer_ids)} layers"
-    )
+    for scope, conversation in CONVERSATIONS.items():
+        memory.reset(scope=scope)
+        memory.write(conversation, scope=scope)
+        said = " / ".join(m["content"] for m in conversation)
+        print(f"memory {scope!r} ← {said}")
 
-    state = handle.new_state()
-    history = encode_segments(
-        tokenizer,
-        [{"role": "system", "content": SYSTEM_PROMPT}, *CONVERSATION],
-        content_only=handle.config.segment_tokens == "content",
-    )
-    with (
-        torch.no_grad(),
-        handle.memory(state, write=True, segment_ids=history.segment_ids) as write,
-    ):
-        model(history.input_ids)
-    print(
-        f"wrote {history.num_segments} segments ({history.input_ids.shape[1]} tokens); "
-        f"writes per state: {write.writes[0].tolist()}"
-    )
-
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": QUESTION}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
-    before = [t.clone() for t in state.layers]
-    with torch.no_grad(), handle.memory(state) as read:
-        output = model.generate(
-            **prompt,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
+    states = {scope: memory.state(scope=scope) for scope in CONVERSATIONS}
+    states["empty"] = handle.new_state()
+    nll: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        for reader, state in states.items():
+            nll[reader] = {
+                owner: float(answer_nll(handle, tokenizer, state, QUESTION, value)[0])
+                for owner, value in STORED.items()
+            }
+    replies = {}
+    for scope in CONVERSATIONS:
+        reply = model.invoke(
+            [SystemMessage(MEMORY_SYSTEM_PROMPT), HumanMessage(QUESTION)],
+            config={"configurable": {"thread_id": scope}},
         )
-    answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
-    unchanged = all(torch.equal(a, b) for a, b in zip(before, state.layers, strict=True))
-    print(f"\nQ: {QUESTION}\nA: {answer.strip()}")
-    print(
-        f"(state unchanged by reading: {unchanged}; {state.nbytes_per_conversation:,} bytes "
-        "of memory for this conversation)\n"
-    )
+        replies[scope] = str(reply.content).strip()
+    memory.flush()
 
-    ratios = read.correction_ratio()
-    print(f"{'layer':>5} {'state norm':>11} {'max |S|':>9} {'Δq/q':>9} {'Δo/o':>9}")
-    for row in state.stats():
-        layer = row["layer"]
-        ratio = ratios.get(layer, {})
-        print(
-            f"{layer:>5} {row['norm'][0][0]:>11.4f} {row['max_abs'][0][0]:>9.4f} "
-            f"{ratio.get('q', 0.0):>9.2e} {ratio.get('o', 0.0):>9.2e}"
-        )
-    return {"answer": answer, "state_unchanged": unchanged, "ratios": ratios, "state": state}
+    print(f"\nQ (prompt = system message + question only): {QUESTION}")
+    for scope in CONVERSATIONS:
+        print(f"A, reading memory {scope!r}: {replies[scope]}")
+    owners = list(STORED)
+    print("\nNLL per token of each stored value (lower = more expected):")
+    print(f"{'memory read':>12} " + " ".join(f"{STORED[o]!r:>28}" for o in owners))
+    for reader in states:
+        print(f"{reader:>12} " + " ".join(f"{nll[reader][o]:>28.3f}" for o in owners))
+    gaps = {
+        owner: nll[other][owner] - nll[owner][owner]
+        for owner in owners
+        for other in owners
+        if other != owner
+    }
+    print(
+        "\nswapped − right (nats per token; > 0 means the answer depends on what was stored): "
+        + ", ".join(f"{owner} {gap:+.3f}" for owner, gap in gaps.items())
+    )
+    return {"replies": replies, "nll": nll, "swapped_minus_right": gaps}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``deltamem demo`` options."""
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--adapter", default=None, help="adapter (default: the packaged one)")
     return parser
 
 
 def run_from_args(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run(args.max_new_tokens, args.seed)
+    run(args.max_new_tokens, args.adapter)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -22,7 +24,13 @@ FRESH_ADAPTERS = {
     "fresh": DeltaMemConfig(),
     **{f"fresh-{name}": DeltaMemConfig.for_strategy(name) for name in STRATEGIES},
 }
-DEFAULT_ADAPTER = "fresh"  # until a trained adapter ships
+PACKAGED_ADAPTERS: dict[str, tuple[str, int | None]] = {
+    "smollm2-ssw": ("smollm2-135m-ssw", None),
+    "smollm2-msw": ("smollm2-135m-ssw", 4),  # the SSW maps shared by 4 states (widen_states)
+}
+"""Trained adapters inside the package (for the embedded backbone): name → (directory under
+``langchain_deltamem/adapters``, number of states to load it with)."""
+DEFAULT_ADAPTER = "smollm2-ssw"  # the default of the embedded backbone; others start fresh
 FRESH_SEED = 0  # fixed, so a fresh adapter (and the memory it wrote) is the same in every process
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,14 +70,16 @@ def get_engine(
 
     Args:
         backbone: Hugging Face id or directory; None = the embedded SmolLM2-135M-Instruct.
-        adapter: an adapter directory (own or reference format), or one of
+        adapter: an adapter directory (own or reference format), a packaged trained adapter
+            (``smollm2-ssw``, ``smollm2-msw``: embedded backbone only), or one of
             ``fresh``/``fresh-ssw``/``fresh-tsw``/``fresh-msw`` (seeded, identical in every
-            process); None = the project's default adapter.
+            process); None = `default_adapter` of the backbone.
         dtype: ``float32`` (default), ``bfloat16`` or ``float16`` for the backbone.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
-    key = (backbone or EMBEDDED_BACKBONE, adapter or DEFAULT_ADAPTER, dtype)
+    backbone = backbone or EMBEDDED_BACKBONE
+    key = (backbone, adapter or default_adapter(backbone), dtype)
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
@@ -78,11 +88,30 @@ def get_engine(
         return engine
 
 
+def default_adapter(backbone: str | None) -> str:
+    """The trained default for the embedded backbone; a fresh adapter for any other (a trained
+    adapter only means something on the backbone it was trained with)."""
+    return DEFAULT_ADAPTER if (backbone or EMBEDDED_BACKBONE) == EMBEDDED_BACKBONE else "fresh"
+
+
+def packaged_adapter_path(name: str) -> Path:
+    """The directory of the packaged adapter ``name`` (a key of `PACKAGED_ADAPTERS`)."""
+    if name not in PACKAGED_ADAPTERS:
+        raise ValueError(
+            f"no packaged adapter {name!r}; expected one of {sorted(PACKAGED_ADAPTERS)}"
+        )
+    return Path(str(files("langchain_deltamem") / "adapters" / PACKAGED_ADAPTERS[name][0]))
+
+
 def _load(backbone: str, adapter: str, dtype: str) -> DeltaMemEngine:
     name = None if backbone == EMBEDDED_BACKBONE else backbone
     model, tokenizer = load_backbone(name, dtype=_DTYPES[dtype])
     if adapter in FRESH_ADAPTERS:
         handle = attach(model, FRESH_ADAPTERS[adapter], seed=FRESH_SEED)
+    elif adapter in PACKAGED_ADAPTERS:
+        handle = load_adapter(
+            model, packaged_adapter_path(adapter), num_states=PACKAGED_ADAPTERS[adapter][1]
+        )
     else:
         handle = load_adapter(model, adapter)
     return DeltaMemEngine(model, tokenizer, handle, backbone, adapter)

@@ -2,7 +2,7 @@
 
 ::
 
-    model = ChatDeltaMem(adapter="fresh-msw")
+    model = ChatDeltaMem(adapter="smollm2-msw")
     agent = create_agent(
         model,
         tools=[calculator, lookup_note],

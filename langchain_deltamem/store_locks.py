@@ -103,8 +103,11 @@ class PostgresScopeLock:
         pool = self.store.conn if isinstance(self.store.conn, ConnectionPool) else None
         conn = pool.getconn() if pool is not None else self.store.conn  # kept while held
 
+        # one shared connection: the store's own lock keeps our statements out of its batches
+        shared = self.store.lock if pool is None else nullcontext()
+
         def call(query: str) -> bool:
-            with conn.cursor(row_factory=tuple_row) as cur:
+            with shared, conn.cursor(row_factory=tuple_row) as cur:
                 cur.execute(query, (key,))
                 row = cur.fetchone()
             return bool(row and row[0])
@@ -146,7 +149,12 @@ class AsyncPostgresScopeLock:
         pool = self.store.conn if isinstance(self.store.conn, AsyncConnectionPool) else None
 
         async def call(conn: Any, query: str) -> bool:
-            async with conn.cursor(row_factory=tuple_row) as cur:
+            # one shared connection: statements sent while the store's batch runs on it fail
+            # ("another command is already in progress"), so take the store's own lock
+            async with (
+                self.store.lock if pool is None else nullcontext(),
+                conn.cursor(row_factory=tuple_row) as cur,
+            ):
                 await cur.execute(query, (key,))
                 row = await cur.fetchone()
             return bool(row and row[0])

@@ -124,7 +124,8 @@ def test_session_writes_reloads_forgets_and_resets(tmp_path: Path) -> None:
     assert out.count(chat_cli.REPLY_PREFIX) == 1  # nothing after /quit
     reply = out.split(chat_cli.REPLY_PREFIX, 1)[1].split("\n", 1)[0]
     assert reply.strip()
-    assert "segments: 2   writes per state: [2]   state: 7,680 bytes" in out
+    # the default adapter: rank 16, one state per layer: 30 × 16² × 4 bytes
+    assert "segments: 2   writes per state: [2]   state: 30,720 bytes" in out
     assert "layer state norms (30 layers)" in out
     assert "correction ratio ‖Δq‖/‖q‖ of the last read" in out
     assert f"[0] user: {MESSAGE}" in out and "[1] assistant: " in out

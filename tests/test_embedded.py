@@ -80,11 +80,15 @@ def test_written_memory_steers_every_layer(smollm2, attn: str) -> None:
         model.set_attn_implementation(previous)
 
 
-def test_demo_runs_end_to_end(smollm2, capsys) -> None:
+def test_demo_recalls_from_memory_next_to_the_swapped_control(capsys) -> None:
+    """The packaged default makes the stored value more likely than another conversation's
+    memory of the same kind does (and far more than an empty memory), on held-out values."""
     result = demo.run(max_new_tokens=8)
     out = capsys.readouterr().out
-    assert "Q: What is the name of my dog?" in out
-    assert result["state_unchanged"] is True
-    assert result["state"].nbytes_per_conversation == 7680
-    assert len(result["ratios"]) == 30
-    assert "state norm" in out
+    assert f"Q (prompt = system message + question only): {demo.QUESTION}" in out
+    assert set(result["replies"]) == set(demo.CONVERSATIONS)
+    assert all(reply for reply in result["replies"].values())
+    nll = result["nll"]
+    for owner in demo.STORED:
+        assert nll[owner][owner] < nll["empty"][owner]
+        assert result["swapped_minus_right"][owner] > 0

@@ -333,7 +333,8 @@ def test_stats_fields(memory: DeltaMemory, engine: DeltaMemEngine) -> None:
     assert empty["scope"] == "s"
     assert empty["segments"] == 0
     assert empty["writes_per_state"] == [0] * config.num_states
-    assert empty["state_bytes"] == layers * config.num_states * config.rank**2 * 4 == 7680
+    # the default adapter: rank 16, one state per layer
+    assert empty["state_bytes"] == layers * config.num_states * config.rank**2 * 4 == 30720
     assert [row["layer"] for row in empty["layers"]] == list(engine.handle.layer_ids)
     assert all(row["norm"] == [0.0] * config.num_states for row in empty["layers"])
     assert empty["correction_ratio"] == {}

@@ -254,3 +254,26 @@ def test_async_postgres_saver_runs_the_graph_like_the_sync_one(
             return out
 
     assert asyncio.run(run()) == _turns(build_graph(tiny, InMemorySaver()), "ref", QUESTIONS)
+
+
+def test_scope_locks_and_store_calls_share_one_async_connection_safely(
+    url: str, tiny: DeltaMemEngine
+) -> None:
+    """On one connection, a scope's advisory-lock statements wait for the store's own batch
+    (two threads writing two scopes at once; sending both at once fails in psycopg)."""
+
+    async def run() -> list[int]:
+        async with AsyncPostgresStore.from_conn_string(url) as store:
+            memory = DeltaMemory(tiny, store=store, namespace=("shared-connection",))
+
+            async def turns(scope: str) -> None:
+                for _ in range(6):
+                    await memory.awrite(TURN_2, scope=scope)
+                    await memory.aexport(scope=scope)
+
+            await asyncio.gather(turns("x"), turns("y"), turns("z"))
+            return [
+                (await memory.astats(scope=scope))["segments"] for scope in ("x", "y", "z")
+            ]
+
+    assert asyncio.run(run()) == [6, 6, 6]

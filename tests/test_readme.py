@@ -99,3 +99,6 @@ def test_state_sizes_quoted_per_strategy() -> None:
         assert get_engine(adapter=adapter).handle.new_state().nbytes_per_conversation == size
     assert "7,680 bytes for TSW and SSW, 30,720 bytes for MSW" in text
     assert "7,680 bytes with one state per layer (SSW, TSW), 30,720 bytes with MSW" in text
+    for adapter, size in (("smollm2-ssw", 30_720), ("smollm2-msw", 122_880)):
+        assert get_engine(adapter=adapter).handle.new_state().nbytes_per_conversation == size
+    assert "30,720\nbytes with the packaged rank-16 SSW adapter, 122,880 bytes" in text

@@ -127,7 +127,11 @@ def to_markdown(result: Mapping[str, Any], source: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--adapter", default=None, help="adapter directory or fresh-* name")
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="adapter directory, packaged name (smollm2-ssw, smollm2-msw) or fresh-* name",
+    )
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--n", type=int, default=40, help="chats")
     parser.add_argument(

@@ -220,7 +220,11 @@ def content_nll(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--adapter", default=None, help="adapter directory or fresh-* name")
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="adapter directory, packaged name (smollm2-ssw, smollm2-msw) or fresh-* name",
+    )
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--facts", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--n", type=int, default=50, help="episodes per number of facts")

@@ -1,0 +1,76 @@
+"""The trained adapters inside the package: the default of the embedded backbone, its MSW form
+(the SSW maps shared by four states), and the guarantees a shipped adapter keeps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from langchain_deltamem.adapter_files import AdapterFileError, read_adapter, widen_states
+from langchain_deltamem.backbones import EMBEDDED_BACKBONE
+from langchain_deltamem.engine import (
+    DEFAULT_ADAPTER,
+    default_adapter,
+    get_engine,
+    packaged_adapter_path,
+)
+from langchain_deltamem.prompts import chat_ids
+from langchain_deltamem.writing import SourceRouter, write_history
+
+pytestmark = pytest.mark.slow
+
+HISTORY = [
+    {"role": "user", "content": "Favourite colour? Definitely deep blue-cherry."},
+    {"role": "assistant", "content": "Saved: deep blue-cherry."},
+]
+TOOL_RESULT = {"role": "tool", "content": "Forecast: light rain, 12 °C.", "source": "weather"}
+QUESTION = [{"role": "user", "content": "Which colour did I call my favourite?"}]
+
+
+def _logits(engine, state) -> torch.Tensor:
+    ids = chat_ids(engine.tokenizer, QUESTION)
+    with torch.no_grad():
+        if state is None:
+            return engine.model(ids, use_cache=False).logits
+        with engine.handle.memory(state, track_corrections=False):
+            return engine.model(ids, use_cache=False).logits
+
+
+def test_the_embedded_backbone_defaults_to_the_trained_adapter_and_others_start_fresh() -> None:
+    assert default_adapter(None) == default_adapter(EMBEDDED_BACKBONE) == DEFAULT_ADAPTER
+    assert DEFAULT_ADAPTER == "smollm2-ssw"
+    assert default_adapter("someone/other-model") == "fresh"
+    assert get_engine().adapter == "smollm2-ssw"
+    with pytest.raises(ValueError, match="no packaged adapter 'nope'"):
+        packaged_adapter_path("nope")
+
+
+def test_the_default_reads_an_empty_memory_as_the_bare_backbone() -> None:
+    engine = get_engine()
+    assert torch.equal(_logits(engine, engine.handle.new_state()), _logits(engine, None))
+
+
+def test_the_msw_form_reads_a_conversation_exactly_as_the_ssw_default() -> None:
+    """Written into state 0 alone, the widened adapter gives the SSW logits; a tool result
+    goes to a state of its own and changes what is read."""
+    ssw, msw = get_engine(adapter="smollm2-ssw"), get_engine(adapter="smollm2-msw")
+    assert (msw.handle.config.num_states, ssw.handle.config.num_states) == (4, 1)
+    with torch.no_grad():
+        ssw_state = write_history(ssw.handle, ssw.tokenizer, HISTORY)
+        router = SourceRouter(4, {"weather": 2})
+        msw_state = write_history(msw.handle, msw.tokenizer, HISTORY, router=router)
+        assert msw_state.write_counts[0].tolist() == [2, 0, 0, 0]
+        torch.testing.assert_close(_logits(msw, msw_state), _logits(ssw, ssw_state))
+        with_tool = write_history(msw.handle, msw.tokenizer, [*HISTORY, TOOL_RESULT], router=router)
+    assert with_tool.write_counts[0].tolist() == [2, 0, 1, 0]
+    assert not torch.allclose(_logits(msw, with_tool), _logits(msw, msw_state))
+
+
+def test_only_single_state_segment_adapters_can_be_widened() -> None:
+    config, tensors, _ = read_adapter(packaged_adapter_path("smollm2-ssw"))
+    for other in (
+        config.model_copy(update={"write_granularity": "token"}),
+        config.model_copy(update={"num_states": 2}),
+    ):
+        with pytest.raises(AdapterFileError, match="only a single-state segment-write adapter"):
+            widen_states(other, tensors, 4)
