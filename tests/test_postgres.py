@@ -272,8 +272,6 @@ def test_scope_locks_and_store_calls_share_one_async_connection_safely(
                     await memory.aexport(scope=scope)
 
             await asyncio.gather(turns("x"), turns("y"), turns("z"))
-            return [
-                (await memory.astats(scope=scope))["segments"] for scope in ("x", "y", "z")
-            ]
+            return [(await memory.astats(scope=scope))["segments"] for scope in ("x", "y", "z")]
 
     assert asyncio.run(run()) == [6, 6, 6]
