@@ -5,6 +5,7 @@ extendable run, on the real embedded SmolLM2."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from langchain_deltamem.injection import attach
 from langchain_deltamem.reading import answer_nll
 from langchain_deltamem.segments import NO_SEGMENT, encode_segments
 from langchain_deltamem.training import batched
+from langchain_deltamem.training import trainer as trainer_module
 from langchain_deltamem.training.init import (
     estimate_means,
     init_content_directions,
@@ -32,7 +34,7 @@ from langchain_deltamem.training.trainer import (
     autoencoding,
     make_optimizer,
 )
-from langchain_deltamem.writing import SourceRouter, write_history
+from langchain_deltamem.writing import MEMORY_SYSTEM_PROMPT, SourceRouter, write_history
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +82,47 @@ def test_batched_writes_and_reads_equal_the_per_episode_reference(adapter: str) 
         assert all(t.dtype == torch.float32 for t in rough.layers)
         rough_nlls = batched.answer_nlls(handle, reads, rough, bf16=True)
         assert float((rough_nlls - nlls).abs().max()) < 0.2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"write_granularity": "token"}, {"segment_tokens": "content", "num_states": 2}],
+    ids=["ssw", "tsw", "content-only-msw"],
+)
+def test_the_first_calls_shared_system_prompt_runs_once(options: dict) -> None:
+    """The first write call reads an empty state, so its system prompt (and, with
+    content-only segments, the unwritten role marker after it) runs once as the bare backbone
+    and is shared by every row: the states equal those of running it in every row."""
+    model, tokenizer = load_backbone(None)
+    handle = attach(model, DeltaMemConfig(rank=4, **options), seed=0)
+    histories = [e.history() for e in _episodes(4)]
+    prefixes: list[int | None] = []
+    original = batched._system_prefix
+
+    def counting(*args, **kwargs):
+        cache = original(*args, **kwargs)
+        prefixes.append(None if cache is None else cache.get_seq_length())
+        return cache
+
+    try:
+        with torch.no_grad():
+            batched._system_prefix = counting
+            shared = batched.write_histories(handle, tokenizer, histories)
+            batched._system_prefix = lambda *args, **kwargs: None
+            per_row = batched.write_histories(handle, tokenizer, histories)
+    finally:
+        batched._system_prefix = original
+        handle.detach()
+    system = encode_segments(tokenizer, [{"role": "system", "content": MEMORY_SYSTEM_PROMPT}])
+    assert len(prefixes) == 1  # the first call only: later calls read what earlier ones wrote
+    if options.get("segment_tokens") == "content":
+        assert prefixes[0] > system.input_ids.shape[1]  # + the unwritten "<|im_start|>user"
+    else:
+        assert prefixes[0] == system.input_ids.shape[1]
+    for a, b in zip(shared.layers, per_row.layers, strict=True):
+        assert float(b.abs().max()) > 0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(shared.write_counts, per_row.write_counts)
 
 
 def test_teacher_objectives_add_their_terms_and_reach_the_write_path() -> None:
@@ -196,14 +239,17 @@ def test_runs_probe_themselves_and_can_be_extended(tmp_path: Path) -> None:
     gap = probes[0]["swapped_minus_right"]
     assert gap["low"] <= gap["estimate"] <= gap["high"]
     assert (out / "adapter").is_dir() and (out / "loss.png").exists()
-    # a finished run takes more steps under the same directory ...
-    longer = Trainer(config.model_copy(update={"steps": 3}), out)
+    # a finished run takes more steps under the same directory, on a machine whose CPU may
+    # want another precision (each row says which one its step used) ...
+    longer = Trainer(config.model_copy(update={"steps": 3, "bf16": False}), out)
     try:
         longer.run(progress=False)
         assert longer.step == 3
     finally:
         longer.handle.detach()
     assert json.loads((out / "train_config.json").read_text())["steps"] == 3
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["bf16"] for r in rows if "loss" in r] == [True, True, False]
     # ... but not another recipe
     other = Trainer(config.model_copy(update={"steps": 4, "lr": 1.0}), out)
     try:
@@ -239,6 +285,18 @@ def test_the_attention_kernel_changes_speed_not_the_step(tmp_path: Path) -> None
     assert eager_loss == pytest.approx(sdpa_loss, abs=1e-4)
     assert eager_grads.norm() > 0
     assert (eager_grads - sdpa_grads).norm() <= 1e-4 * eager_grads.norm()
+
+
+def test_bf16_on_a_cpu_that_only_emulates_it_is_flagged(tmp_path: Path, monkeypatch) -> None:
+    """bf16 autocast is slower than fp32 where the CPU has no bf16 instructions: say so."""
+    config = TrainConfig(adapter=DeltaMemConfig(rank=4), steps=1, batch_size=2, bf16=True)
+    for native in (False, True):
+        monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda native=native: native)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            Trainer(config, tmp_path / str(native)).handle.detach()
+        flagged = [w for w in caught if "without bf16 instructions" in str(w.message)]
+        assert len(flagged) == (0 if native else 1)
 
 
 def test_autoencoding_asks_for_the_stored_message_back() -> None:

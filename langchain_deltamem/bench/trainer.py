@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..config import DeltaMemConfig
+from ..training.batched import cpu_has_native_bf16
 from ..training.trainer import TrainConfig, Trainer
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -25,8 +26,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "attention": "sdpa",
     },
     "batched, fp32, sdpa attention": {"batched": True, "attention": "sdpa"},
-    "batched, bf16 backbone, sdpa attention": {"batched": True, "bf16": True, "attention": "sdpa"},
-    "batched, bf16 backbone, eager attention (the trainer's default)": {
+    "batched, fp32, eager attention": {"batched": True, "attention": "eager"},
+    "batched, bf16 backbone, eager attention": {
         "batched": True,
         "bf16": True,
         "attention": "eager",
@@ -77,10 +78,12 @@ def measure(*, steps: int, batch_size: int, distractors: tuple[int, int]) -> lis
 def to_markdown(
     rows: list[dict[str, Any]], *, batch_size: int, distractors: tuple[int, int]
 ) -> str:
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
     lines = [
         f"Batch of {batch_size} one-fact SSW episodes (distractor turns {distractors[0]}–"
         f"{distractors[1]}), rank 16, answer cross-entropy, torch threads "
-        f"{torch.get_num_threads()}:",
+        f"{torch.get_num_threads()}, CPU {capabilities.get('cpu_name', '?')}, bf16 in "
+        f"hardware: {'yes' if cpu_has_native_bf16() else 'no (bf16 is emulated)'}:",
         "",
         "| variant | s/step (median) | range | episodes/s | × reference |",
         "|---|---|---|---|---|",

@@ -24,6 +24,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,7 @@ from ..backbones import load_backbone
 from ..config import DeltaMemConfig
 from ..injection import attach
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, write_history
-from .batched import backbone_precision
+from .batched import backbone_precision, cpu_has_native_bf16
 from .episodes import between_episode_share, episode_loss, preservation_kl
 from .init import estimate_means, init_content_directions, segment_inputs
 from .objectives import ObjectiveWeights, batch_loss
@@ -145,8 +146,10 @@ WRITE_PATH = ("memory_k_proj", "memory_v_proj", "beta_proj", "beta_bias")
 GATES = ("beta_proj", "beta_bias")
 FIXED = ("input_mean",)
 """Adapter tensors that are estimated from data, never trained."""
-EXTENDABLE = ("steps", "probe_every")
-"""Fields a run may change when it is resumed: more steps, another probe interval."""
+EXTENDABLE = ("steps", "probe_every", "bf16", "attention")
+"""Fields a run may change when it is resumed: more steps, another probe interval, and how
+the backbone computes (bf16 autocast is fast only on CPUs with bf16 instructions, and a run
+may move between machines; each metrics row says which precision its step used)."""
 AUTOENCODE_QUESTION = "Repeat the first message I sent you, word for word."
 
 
@@ -290,6 +293,12 @@ class Trainer:
         model, self.tokenizer = load_backbone(config.backbone, attn_implementation=config.attention)
         if accelerator is not None:
             model = model.to(accelerator.device)
+        if config.bf16 and model.device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn(
+                "bf16 autocast on a CPU without bf16 instructions (AVX512-BF16/AMX) is emulated "
+                "and slower than fp32; drop --bf16 on this machine",
+                stacklevel=2,
+            )
         if config.init_adapter is not None:
             self.handle = load_adapter(model, config.init_adapter)
         else:
@@ -462,6 +471,7 @@ class Trainer:
             "grad_norm": float(grad_norm),
             "lr": lr,
             "candidates": candidates_at(self.config, self.step - 1),
+            "bf16": self.config.bf16,
             "episodes_per_s": episodes / max(seconds, 1e-9),
             "tokens_per_s": tokens / max(seconds, 1e-9),
             "seconds": seconds,
