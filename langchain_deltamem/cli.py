@@ -50,6 +50,8 @@ COMMANDS = (
     Command(("eval", "locomo"), "evaluation.locomo", "LoCoMo QA against baselines", "eval"),
     Command(("eval", "perplexity"), "evaluation.perplexity",
             "plain-text perplexity with an unrelated memory", "eval"),
+    Command(("eval", "states"), "evaluation.states",
+            "what written states hold: spread and a linear probe per layer"),
     Command(("bench", "core"), "bench.core", "scan, prefill, decode and state-size ratios",
             "bench"),
     Command(("bench", "cost"), "bench.cost",
