@@ -10,11 +10,8 @@ import torch
 
 from langchain_deltamem import cli
 from langchain_deltamem.engine import get_engine
-from langchain_deltamem.evaluation.states import (
-    held_out_episodes,
-    ridge_retrieval,
-    state_report,
-)
+from langchain_deltamem.evaluation.states import ridge_retrieval, state_report
+from langchain_deltamem.training.probe import probe_episodes
 
 
 def test_the_probe_retrieves_what_features_encode_and_the_shuffled_control_does_not() -> None:
@@ -42,7 +39,7 @@ def test_the_packaged_adapter_writes_states_that_hold_the_value(tmp_path: Path) 
     """The shipped adapter's states tell held-out values apart far above chance (all layers
     together), and its shares are proper fractions, one row per adapted layer."""
     engine = get_engine()
-    episodes = held_out_episodes(120, ("colour", "food"), seed=97)
+    episodes = probe_episodes(120, ("colour", "food"), seed=97)
     report = state_report(engine.handle, engine.tokenizer, episodes)
     assert [row["layer"] for row in report["layers"]] == list(engine.handle.layer_ids)
     assert all(0 <= row["share"] <= 1 for row in report["layers"])

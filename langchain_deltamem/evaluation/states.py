@@ -29,11 +29,12 @@ from typing import Any
 import torch
 
 from ..engine import get_engine
-from ..episodes import Episode, generate_episodes
+from ..episodes import Episode
 from ..injection import AttachedAdapter
 from ..state import MemoryState
 from ..training.batched import write_histories
 from ..training.objectives import batch_share
+from ..training.probe import probe_episodes
 
 STATES_SEED = 2468
 
@@ -99,18 +100,6 @@ def value_embeddings(
         ids = tokenizer(" " + value, add_special_tokens=False).input_ids
         rows.append(table[torch.tensor(ids)].mean(0))
     return torch.stack(rows)
-
-
-def held_out_episodes(n: int, value_types: Sequence[str] | None, seed: int) -> list[Episode]:
-    return generate_episodes(
-        n,
-        split="heldout",
-        seed=seed,
-        num_facts=[1],
-        kinds=["facts"],
-        distractors=(0, 0),
-        value_types=value_types,
-    )
 
 
 def state_report(
@@ -186,7 +175,7 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.n < 8:
         raise SystemExit(f"deltamem eval states: --n must be at least 8, got {args.n}")
     engine = get_engine(args.backbone, args.adapter)
-    episodes = held_out_episodes(args.n, args.value_types, args.seed)
+    episodes = probe_episodes(args.n, args.value_types, seed=args.seed)
     report = state_report(engine.handle, engine.tokenizer, episodes)
     table = to_markdown(report, str(args.adapter or "default"))
     print(table)

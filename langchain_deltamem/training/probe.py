@@ -25,12 +25,15 @@ from . import batched
 PROBE_SEED = 1234
 
 
-def probe_episodes(n: int, value_types: Sequence[str] | None) -> list[Episode]:
-    """The held-out probe set (the eval command's episodes for one fact)."""
+def probe_episodes(
+    n: int, value_types: Sequence[str] | None, seed: int = PROBE_SEED + 1
+) -> list[Episode]:
+    """The held-out probe set (the eval command's episodes for one fact); another ``seed``
+    draws other held-out one-fact episodes of the same kind."""
     return generate_episodes(
         n,
         split="heldout",
-        seed=PROBE_SEED + 1,
+        seed=seed,
         num_facts=[1],
         kinds=["facts"],
         distractors=(0, 0),
