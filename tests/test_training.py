@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -24,7 +25,12 @@ from langchain_deltamem.training.episodes import (
     episode_loss,
     preservation_kl,
 )
-from langchain_deltamem.training.run import parse_curriculum
+from langchain_deltamem.training.run import (
+    add_arguments,
+    config_from_args,
+    parse_curriculum,
+    parse_layers,
+)
 from langchain_deltamem.training.trainer import TrainConfig, Trainer, candidates_at, cosine_lr
 from langchain_deltamem.writing import write_history, write_messages
 
@@ -39,6 +45,16 @@ def test_curriculum_and_schedule() -> None:
     assert cosine_lr(99, config) == pytest.approx(0.1, abs=0.01)
     with pytest.raises(Exception, match="STEP:CANDIDATES"):
         parse_curriculum("0:2,x")
+
+
+def test_target_layers_from_the_command_line() -> None:
+    parser = add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--out", "x", "--target-layers", "0-2,7"])
+    assert config_from_args(args).adapter.target_layers == (0, 1, 2, 7)
+    assert config_from_args(parser.parse_args(["--out", "x"])).adapter.target_layers is None
+    for bad, message in (("0-x", "FIRST-LAST"), ("5-3", "empty range"), ("-1", "FIRST-LAST")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse_layers(bad)
 
 
 # --- on the embedded model -------------------------------------------------------------------

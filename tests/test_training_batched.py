@@ -125,6 +125,31 @@ def test_the_first_calls_shared_system_prompt_runs_once(options: dict) -> None:
     assert torch.equal(shared.write_counts, per_row.write_counts)
 
 
+def test_an_adapter_on_lower_layers_stops_the_write_pass_after_them() -> None:
+    """With ``target_layers`` the write pass runs only up to the last adapted layer; the
+    states equal the full-depth per-episode writes, and the decoder gets its layers back."""
+    model, tokenizer = load_backbone(None)
+    handle = attach(model, DeltaMemConfig(rank=4, target_layers=(0, 2)), seed=0)
+    decoder = batched._decoder(handle)
+    depth = len(decoder.layers)
+    ran_above: list[int] = []
+    hook = decoder.layers[3].register_forward_hook(lambda *_: ran_above.append(1))
+    episodes = _episodes(3)
+    try:
+        with torch.no_grad():
+            state = batched.write_histories(handle, tokenizer, [e.history() for e in episodes])
+            assert ran_above == [] and len(decoder.layers) == depth
+            for i, episode in enumerate(episodes):
+                alone = write_history(handle, tokenizer, episode.history())
+                for a, b in zip(alone.layers, state.select(i).layers, strict=True):
+                    assert float(a.abs().max()) > 0
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            assert ran_above  # the per-episode reference runs every layer
+    finally:
+        hook.remove()
+        handle.detach()
+
+
 def test_teacher_objectives_add_their_terms_and_reach_the_write_path() -> None:
     engine = get_engine()
     handle, tokenizer = engine.handle, engine.tokenizer

@@ -95,53 +95,75 @@ def write_histories(
     calls = [turn_groups(h) for h in histories]
     system = {"role": "system", "content": system_prompt}
     pad = int(getattr(tokenizer, "pad_token_id", None) or 0)
-    for c in range(max((len(g) for g in calls), default=0)):
-        rows = [b for b, groups in enumerate(calls) if len(groups) > c]
-        groups = [calls[b][c] for b in rows]
-        encoded = [
-            encode_segments(
-                tokenizer,  # type: ignore[arg-type]
-                [system, *({"role": m["role"], "content": m["content"]} for m in g)],
-                content_only=handle.config.segment_tokens == "content",
-            )
-            for g in groups
-        ]
-        ids = _pad([e.input_ids[0] for e in encoded], pad)
-        segments = _pad([e.segment_ids[0] for e in encoded], -1)
-        mask = _pad([torch.ones_like(e.input_ids[0]) for e in encoded], 0)
-        whole = len(rows) == len(histories)
-        sub = state if whole else _rows_of(state, rows)
-        # The first call reads an empty state, so its system prompt runs as the bare backbone:
-        # once, shared by every row, instead of once per row.
-        cache = _system_prefix(handle, ids, segments, bf16) if c == 0 else None
-        if cache is not None:
-            skip = cache.get_seq_length()
-            ids, segments = ids[:, skip:], segments[:, skip:]
-        with (
-            torch.set_grad_enabled(grad),
-            backbone_precision(bf16),
-            handle.memory(
-                sub,
-                write=True,
-                segment_ids=segments.to(state.device),
-                routes=_routes(router, groups, handle.config.num_states),
-                collect_gates=gate_log is not None,
-                detach_inputs=detach_inputs,
-                track_corrections=False,
-            ) as run,
-        ):
-            decoder = _decoder(handle)
-            decoder(
-                ids.to(state.device),
-                attention_mask=mask.to(state.device),
-                use_cache=cache is not None,
-                **cache_kwargs(decoder, cache),
-            )
-        if gate_log is not None and run.gates:
-            gate_log.extend(run.gates)
-        if not whole:
-            state = _put_rows(state, rows, sub)
+    with _writing_depth(handle):  # layers above the last adapted one write nothing
+        for c in range(max((len(g) for g in calls), default=0)):
+            rows = [b for b, groups in enumerate(calls) if len(groups) > c]
+            groups = [calls[b][c] for b in rows]
+            encoded = [
+                encode_segments(
+                    tokenizer,  # type: ignore[arg-type]
+                    [system, *({"role": m["role"], "content": m["content"]} for m in g)],
+                    content_only=handle.config.segment_tokens == "content",
+                )
+                for g in groups
+            ]
+            ids = _pad([e.input_ids[0] for e in encoded], pad)
+            segments = _pad([e.segment_ids[0] for e in encoded], -1)
+            mask = _pad([torch.ones_like(e.input_ids[0]) for e in encoded], 0)
+            whole = len(rows) == len(histories)
+            sub = state if whole else _rows_of(state, rows)
+            # The first call reads an empty state, so its system prompt runs as the bare backbone:
+            # once, shared by every row, instead of once per row.
+            cache = _system_prefix(handle, ids, segments, bf16) if c == 0 else None
+            if cache is not None:
+                skip = cache.get_seq_length()
+                ids, segments = ids[:, skip:], segments[:, skip:]
+            with (
+                torch.set_grad_enabled(grad),
+                backbone_precision(bf16),
+                handle.memory(
+                    sub,
+                    write=True,
+                    segment_ids=segments.to(state.device),
+                    routes=_routes(router, groups, handle.config.num_states),
+                    collect_gates=gate_log is not None,
+                    detach_inputs=detach_inputs,
+                    track_corrections=False,
+                ) as run,
+            ):
+                decoder = _decoder(handle)
+                decoder(
+                    ids.to(state.device),
+                    attention_mask=mask.to(state.device),
+                    use_cache=cache is not None,
+                    **cache_kwargs(decoder, cache),
+                )
+            if gate_log is not None and run.gates:
+                gate_log.extend(run.gates)
+            if not whole:
+                state = _put_rows(state, rows, sub)
     return state
+
+
+@contextlib.contextmanager
+def _writing_depth(handle: AttachedAdapter) -> Iterator[None]:
+    """Run the write pass only up to the last adapted layer.
+
+    Writes keep hidden states, never logits, and a layer above the last adapted one leaves no
+    trace in any state, so an adapter on a subset of layers (``target_layers``) skips them.
+    The decoder's layer list is shortened for the pass and restored after it: the model must
+    not serve anything else meanwhile (the trainer and the diagnostics own it)."""
+    decoder = _decoder(handle)
+    layers = getattr(decoder, "layers", None)
+    depth = max(handle.layer_ids) + 1
+    if not isinstance(layers, torch.nn.ModuleList) or depth >= len(layers):
+        yield
+        return
+    decoder.layers = layers[:depth]
+    try:
+        yield
+    finally:
+        decoder.layers = layers
 
 
 def _system_prefix(

@@ -30,6 +30,23 @@ def parse_curriculum(text: str) -> tuple[tuple[int, int | None], ...]:
     return tuple(pairs)
 
 
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``"0-9,20"`` → ``(0, 1, …, 9, 20)``: the decoder layers that get a memory."""
+    layers: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            span = range(int(first), int(last) + 1) if dash else range(int(first), int(first) + 1)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(
+                f"target layers {part!r}: expected LAYER or FIRST-LAST (e.g. 0-9,20)"
+            ) from err
+        if not span:
+            raise argparse.ArgumentTypeError(f"target layers {part!r}: empty range")
+        layers.extend(span)
+    return tuple(layers)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="run directory (resumed if it exists)")
     parser.add_argument("--backbone", default=None, help="HF id or directory (default: embedded)")
@@ -99,6 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         choices=["all", "content"],
         default="all",
         help="content: role markers and template tokens are not part of segment means",
+    )
+    parser.add_argument(
+        "--target-layers",
+        type=parse_layers,
+        default=None,
+        help="adapt only these decoder layers, e.g. 0-9 (default: all); the write pass "
+        "stops after the last one",
     )
     parser.add_argument(
         "--update-mode",
@@ -175,6 +199,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.centre:
         adapter["centred_inputs"] = args.centre
     adapter["segment_tokens"] = args.segment_tokens
+    if args.target_layers is not None:
+        adapter["target_layers"] = args.target_layers
     for option, field in (
         ("update_mode", "update_mode"),
         ("alpha", "alpha"),
