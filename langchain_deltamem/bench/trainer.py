@@ -27,6 +27,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "batched, fp32, sdpa attention": {"batched": True, "attention": "sdpa"},
     "batched, fp32, eager attention": {"batched": True, "attention": "eager"},
+    # A different adapter (10 of the 30 layers): what --target-layers buys, not a like-for-like row.
+    "batched, fp32, eager attention, layers 0-9 adapted": {
+        "batched": True,
+        "attention": "eager",
+        "adapter": DeltaMemConfig(rank=16, write_granularity="segment", target_layers=range(10)),
+    },
     "batched, bf16 backbone, eager attention": {
         "batched": True,
         "bf16": True,
