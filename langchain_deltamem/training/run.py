@@ -36,7 +36,8 @@ def parse_layers(text: str) -> tuple[int, ...]:
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
         try:
-            span = range(int(first), int(last) + 1) if dash else range(int(first), int(first) + 1)
+            low = int(first)
+            span = range(low, (int(last) if dash else low) + 1)
         except ValueError as err:
             raise argparse.ArgumentTypeError(
                 f"target layers {part!r}: expected LAYER or FIRST-LAST (e.g. 0-9,20)"
