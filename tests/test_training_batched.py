@@ -75,13 +75,19 @@ def test_batched_writes_and_reads_equal_the_per_episode_reference(adapter: str) 
             assert torch.equal(alone.write_counts, state.write_counts[i : i + 1])
             nll, _ = answer_nll(handle, tokenizer, alone, episode.question, episode.answer)
             assert float(nlls[i]) == pytest.approx(float(nll), abs=1e-4)
+        if adapter != "fresh-tsw":
+            return  # bf16 is emulated (slow) on many CPUs: its check runs once, on token writes
         # bf16 autocast: the same numbers up to bf16 rounding, the state still fp32
+        few = episodes[:2]
         rough = batched.write_histories(
-            handle, tokenizer, [e.history() for e in episodes], router=router, bf16=True
+            handle, tokenizer, [e.history() for e in few], router=router, bf16=True
         )
         assert all(t.dtype == torch.float32 for t in rough.layers)
-        rough_nlls = batched.answer_nlls(handle, reads, rough, bf16=True)
-        assert float((rough_nlls - nlls).abs().max()) < 0.2
+        rough_reads = batched.question_batch(
+            tokenizer, [e.question for e in few], [e.answer for e in few]
+        )
+        rough_nlls = batched.answer_nlls(handle, rough_reads, rough, bf16=True)
+        assert float((rough_nlls - nlls[:2]).abs().max()) < 0.2
 
 
 @pytest.mark.parametrize(
@@ -244,7 +250,6 @@ def test_runs_probe_themselves_and_can_be_extended(tmp_path: Path) -> None:
         kinds=("facts",),
         value_types=("colour", "food"),
         distractors=(0, 0),
-        bf16=True,
         autoencode=0.25,
         gate_lr=1e-2,
         probe_every=2,
@@ -266,7 +271,7 @@ def test_runs_probe_themselves_and_can_be_extended(tmp_path: Path) -> None:
     assert (out / "adapter").is_dir() and (out / "loss.png").exists()
     # a finished run takes more steps under the same directory, on a machine whose CPU may
     # want another precision (each row says which one its step used) ...
-    longer = Trainer(config.model_copy(update={"steps": 3, "bf16": False}), out)
+    longer = Trainer(config.model_copy(update={"steps": 3, "bf16": True}), out)
     try:
         longer.run(progress=False)
         assert longer.step == 3
@@ -274,7 +279,7 @@ def test_runs_probe_themselves_and_can_be_extended(tmp_path: Path) -> None:
         longer.handle.detach()
     assert json.loads((out / "train_config.json").read_text())["steps"] == 3
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["bf16"] for r in rows if "loss" in r] == [True, True, False]
+    assert [r["bf16"] for r in rows if "loss" in r] == [False, False, True]
     # ... but not another recipe
     other = Trainer(config.model_copy(update={"steps": 4, "lr": 1.0}), out)
     try:
