@@ -80,10 +80,12 @@ def test_written_memory_steers_every_layer(smollm2, attn: str) -> None:
         model.set_attn_implementation(previous)
 
 
-def test_demo_recalls_from_memory_next_to_the_swapped_control(capsys) -> None:
-    """The packaged default makes the stored value more likely than another conversation's
-    memory of the same kind does (and far more than an empty memory), on held-out values."""
-    result = demo.run(max_new_tokens=8)
+@pytest.mark.parametrize("adapter", [None, "smollm2-tsw"])
+def test_demo_recalls_from_memory_next_to_the_swapped_control(capsys, adapter) -> None:
+    """The packaged adapters (the default and the token-write one) make the stored value more
+    likely than another conversation's memory of the same kind does (and far more than an
+    empty memory), on held-out values."""
+    result = demo.run(max_new_tokens=8, adapter=adapter)
     out = capsys.readouterr().out
     assert f"Q (prompt = system message + question only): {demo.QUESTION}" in out
     assert set(result["replies"]) == set(demo.CONVERSATIONS)

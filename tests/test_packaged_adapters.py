@@ -1,5 +1,6 @@
 """The trained adapters inside the package: the default of the embedded backbone, its MSW form
-(the SSW maps shared by four states), and the guarantees a shipped adapter keeps."""
+(the SSW maps shared by four states), the token-write adapter, and the guarantees a shipped
+adapter keeps."""
 
 from __future__ import annotations
 
@@ -45,9 +46,25 @@ def test_the_embedded_backbone_defaults_to_the_trained_adapter_and_others_start_
         packaged_adapter_path("nope")
 
 
-def test_the_default_reads_an_empty_memory_as_the_bare_backbone() -> None:
-    engine = get_engine()
+@pytest.mark.parametrize("adapter", [None, "smollm2-tsw"])
+def test_a_packaged_adapter_reads_an_empty_memory_as_the_bare_backbone(adapter) -> None:
+    engine = get_engine(adapter=adapter)
     assert torch.equal(_logits(engine, engine.handle.new_state()), _logits(engine, None))
+    with torch.no_grad():
+        written = write_history(engine.handle, engine.tokenizer, HISTORY)
+    assert not torch.allclose(_logits(engine, written), _logits(engine, None))
+
+
+def test_the_token_write_adapter_keeps_every_content_token() -> None:
+    """``smollm2-tsw`` writes each content token (not template tokens) without forgetting:
+    the write path that carried the most content in training (docs/results/training.md)."""
+    config = get_engine(adapter="smollm2-tsw").handle.config
+    assert (config.write_granularity, config.segment_tokens, config.update_mode) == (
+        "token",
+        "content",
+        "plain",
+    )
+    assert (config.rank, config.num_states) == (16, 1)
 
 
 def test_the_msw_form_reads_a_conversation_exactly_as_the_ssw_default() -> None:
