@@ -194,9 +194,10 @@ def test_a_stored_pending_write_is_applied_on_load_exactly_once(engine: DeltaMem
 def test_a_damaged_pending_list_is_refused(engine: DeltaMemEngine) -> None:
     store = InMemoryStore()
     memory = DeltaMemory(engine, store=store)
-    Gate(memory)
+    gate = Gate(memory)
     memory.write_later([HumanMessage("note")], scope="s")
-    value = dict(store.get(DEFAULT_NAMESPACE, "s").value)
+    original = store.get(DEFAULT_NAMESPACE, "s").value
+    value = dict(original)
     value["pending"] = [[{"role": "user", "content": "edited", "source": "user"}]]
     store.put(DEFAULT_NAMESPACE, "s", value)
     with pytest.raises(MemoryRecordError, match="checksum"):
@@ -205,6 +206,11 @@ def test_a_damaged_pending_list_is_refused(engine: DeltaMemEngine) -> None:
     store.put(DEFAULT_NAMESPACE, "s", value)
     with pytest.raises(MemoryRecordError, match="pending"):
         DeltaMemory(engine, store=store).export(scope="s")
+    # the intact record back, the pending write goes in (nothing left to fail at exit)
+    store.put(DEFAULT_NAMESPACE, "s", original)
+    gate.open.set()
+    memory.flush()
+    assert memory.pending_writes(scope="s") == 0
 
 
 def test_long_writes_report_progress_and_cancel_without_a_trace(
