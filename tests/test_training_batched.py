@@ -29,6 +29,7 @@ from langchain_deltamem.training.init import (
 from langchain_deltamem.training.objectives import ObjectiveWeights, batch_loss
 from langchain_deltamem.training.trainer import (
     AUTOENCODE_QUESTION,
+    EpisodeSource,
     TrainConfig,
     Trainer,
     autoencoding,
@@ -251,6 +252,7 @@ def test_runs_probe_themselves_and_can_be_extended(tmp_path: Path) -> None:
         value_types=("colour", "food"),
         distractors=(0, 0),
         autoencode=0.25,
+        answer_form="You told me it's {answer}.",
         gate_lr=1e-2,
         probe_every=2,
         probe_n=8,
@@ -268,6 +270,9 @@ def test_runs_probe_themselves_and_can_be_extended(tmp_path: Path) -> None:
     assert len(probes) == 1 and probes[0]["n"] == 8
     gap = probes[0]["swapped_minus_right"]
     assert gap["low"] <= gap["estimate"] <= gap["high"]
+    # the trained phrasing is probed too: more tokens per answer, so another mean NLL
+    phrased = probes[0]["in_answer_form"]
+    assert phrased["n"] == 8 and phrased["nll_right"] != probes[0]["nll_right"]
     assert (out / "adapter").is_dir() and (out / "loss.png").exists()
     # a finished run takes more steps under the same directory, on a machine whose CPU may
     # want another precision (each row says which one its step used) ...
@@ -335,6 +340,22 @@ def test_autoencoding_asks_for_the_stored_message_back() -> None:
     assert copy.question == AUTOENCODE_QUESTION
     assert copy.answer == next(m.content for m in episode.messages if m.role == "user")
     assert copy.messages == episode.messages
+
+
+def test_the_answer_form_phrases_every_trained_answer_but_the_autoencoding_ones() -> None:
+    form = "You told me it's {answer}."
+    common = dict(batch_size=8, num_facts=(1,), kinds=("facts",), distractors=(0, 0))
+    bare = EpisodeSource(TrainConfig(**common)).batch(3)
+    phrased = EpisodeSource(TrainConfig(**common, answer_form=form, autoencode=0.5)).batch(3)
+    copies = [e for e in phrased if e.question == AUTOENCODE_QUESTION]
+    assert len(copies) == 4
+    for plain, episode in zip(bare, phrased, strict=True):
+        if episode.question != AUTOENCODE_QUESTION:
+            assert episode.answer == form.format(answer=plain.answer)
+            assert episode.meta == plain.meta  # the bare value stays what is checked
+    for bad, says in (("It's {value}.", "exactly once"), ("{answer", "not a valid template")):
+        with pytest.raises(ValueError, match=says):
+            TrainConfig(answer_form=bad)
 
 
 def test_attention_transfer_targets_are_what_attention_took_from_the_history() -> None:

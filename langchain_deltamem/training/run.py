@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import STRATEGIES, DeltaMemConfig
 from ..writing import parse_tool_states
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer, check_answer_form
 
 
 def parse_curriculum(text: str) -> tuple[tuple[int, int | None], ...]:
@@ -28,6 +28,14 @@ def parse_curriculum(text: str) -> tuple[tuple[int, int | None], ...]:
                 f"curriculum entry {part!r}: expected STEP:CANDIDATES (e.g. 0:2,100:)"
             ) from err
     return tuple(pairs)
+
+
+def parse_answer_form(text: str) -> str:
+    """``--answer-form``: a template with ``{answer}`` exactly once."""
+    try:
+        return check_answer_form(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -178,6 +186,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=0.0,
         help="fraction of each batch that asks for the first stored message back",
     )
+    parser.add_argument(
+        "--answer-form",
+        type=parse_answer_form,
+        default="{answer}",
+        help="how the trained answer is phrased, a template with {answer} once "
+        '(e.g. "You told me it\'s {answer}."); default: the bare value',
+    )
     parser.add_argument("--gate-lr", type=float, default=None, help="learning rate of the gates")
     parser.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     parser.add_argument(
@@ -245,6 +260,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         contrast_target=args.contrast_target,
         attention_transfer=args.attention_transfer,
         autoencode=args.autoencode,
+        answer_form=args.answer_form,
         gate_lr=args.gate_lr,
         schedule=args.schedule,
         probe_every=args.probe_every,

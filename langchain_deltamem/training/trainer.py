@@ -23,6 +23,7 @@ import json
 import math
 import random
 import shutil
+import string
 import time
 import warnings
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from .. import episodes as episode_data
@@ -125,6 +126,11 @@ class TrainConfig(BaseModel):
     autoencode: float = Field(0.0, ge=0, le=1)
     """Fraction of each batch turned into autoencoding chats: the question asks for the
     first stored message back, word for word, from memory alone."""
+    answer_form: str = "{answer}"
+    """How the trained answer is phrased: a template holding ``{answer}`` once (e.g. ``"You
+    told me it's {answer}."``). A bare value is an unlikely first token of any reply, even for
+    the backbone with the whole history in its prompt; after a lead-in the teacher predicts
+    it (docs/results/training.md, session 13). Autoencoding chats keep their own answer."""
     gate_lr: float | None = Field(None, gt=0)
     """Learning rate of the write gates (``beta_proj``, ``beta_bias``); None = ``lr``."""
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -141,6 +147,11 @@ class TrainConfig(BaseModel):
     ``write`` with an ``init_adapter`` whose read path already decodes states puts the whole
     gradient into learning what to write."""
 
+    @field_validator("answer_form")
+    @classmethod
+    def _valid_answer_form(cls, form: str) -> str:
+        return check_answer_form(form)
+
 
 WRITE_PATH = ("memory_k_proj", "memory_v_proj", "beta_proj", "beta_bias")
 GATES = ("beta_proj", "beta_bias")
@@ -151,6 +162,27 @@ EXTENDABLE = ("steps", "probe_every", "bf16", "attention")
 the backbone computes (bf16 autocast is fast only on CPUs with bf16 instructions, and a run
 may move between machines; each metrics row says which precision its step used)."""
 AUTOENCODE_QUESTION = "Repeat the first message I sent you, word for word."
+
+
+def check_answer_form(form: str) -> str:
+    """``form`` if it is a template with exactly one ``{answer}`` and no other field."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(form) if f is not None]
+    except ValueError as err:
+        raise ValueError(f"answer form {form!r} is not a valid template: {err}") from None
+    if fields != ["answer"]:
+        raise ValueError(
+            f"answer form {form!r} must hold {{answer}} exactly once and no other field "
+            f"(found {fields or 'none'})"
+        )
+    return form
+
+
+def in_answer_form(episode: episode_data.Episode, form: str) -> episode_data.Episode:
+    """The episode with its answer phrased by ``form`` (the bare value is kept in ``meta``)."""
+    if form == "{answer}":
+        return episode
+    return episode.model_copy(update={"answer": form.format(answer=episode.answer)})
 
 
 def trainable_parameters(handle: Any, which: str) -> list[torch.nn.Parameter]:
@@ -226,7 +258,7 @@ class EpisodeSource:
 
     def batch(self, step: int) -> list[episode_data.Episode]:
         config = self.config
-        episodes = self._episodes(step)
+        episodes = [in_answer_form(e, config.answer_form) for e in self._episodes(step)]
         share = round(config.autoencode * len(episodes))
         if share:
             order = list(range(len(episodes)))
@@ -587,6 +619,16 @@ class Trainer:
                     bf16=self.config.bf16,
                 )
             result["controls"] = self._controls
+        if self.config.answer_form != "{answer}":
+            # the same episodes scored in the trained phrasing (all of its tokens)
+            result["in_answer_form"] = content_probe(
+                self.handle,
+                self.tokenizer,
+                [in_answer_form(e, self.config.answer_form) for e in self._probe_set],
+                router=self.router,
+                system_prompt=self.config.system_prompt,
+                bf16=self.config.bf16,
+            )
         return result
 
     def _memory_of(self, history: list[dict[str, str]], *, grad: bool = False) -> Any:
