@@ -150,7 +150,7 @@ def load_adapter(
         allow_other_backbone: accept an own-format adapter recorded for a different backbone
             checkpoint (same shapes). Off by default: an adapter only means something on the
             backbone it was trained with.
-        num_states: load a single-state segment-write (SSW) adapter as an MSW one with this
+        num_states: load a single-state (SSW or TSW) adapter as an MSW one with this
             many states sharing its maps (`widen_states`); None = as stored.
 
     Raises:
@@ -202,18 +202,19 @@ def widen_states(
     *,
     where: str = "adapter",
 ) -> tuple[DeltaMemConfig, dict[str, torch.Tensor]]:
-    """A single-state SSW adapter as an MSW one whose ``num_states`` states share its maps.
+    """A single-state adapter (segment or token writes) as an MSW one whose ``num_states``
+    states share its maps.
 
     Each state gets the same key, value, gate and query projections (rows repeated), and each
     correction head reads the sum of the states (columns repeated). A conversation written into
-    state 0 alone therefore reads exactly as under the SSW adapter, while tool results routed
-    to other states are written and read by the same learned maps in matrices of their own.
+    state 0 alone therefore reads exactly as under the single-state adapter, while tool results
+    routed to other states are written and read by the same learned maps in matrices of their
+    own.
     """
-    if config.num_states != 1 or config.write_granularity != "segment":
+    if config.num_states != 1:
         raise AdapterFileError(
-            f"{where}: only a single-state segment-write adapter can be widened to "
-            f"{num_states} states (this one has {config.num_states} state(s), "
-            f"{config.write_granularity} writes)"
+            f"{where}: only a single-state adapter can be widened to {num_states} states "
+            f"(this one has {config.num_states})"
         )
     if not config.rankwise_gates:
         raise AdapterFileError(f"{where}: widening needs rank-wise gates (one gate per row)")

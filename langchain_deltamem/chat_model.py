@@ -102,7 +102,8 @@ class ChatDeltaMem(BaseChatModel):
     adapter: str | None = Field(default_factory=from_env("DELTAMEM_ADAPTER", default=None))
     """Adapter directory (own or reference format), a packaged trained adapter of the embedded
     backbone (``smollm2-ssw``; ``smollm2-msw`` gives tool results states of their own;
-    ``smollm2-tsw`` writes every content token and holds the most content so far), or
+    ``smollm2-tsw`` writes every content token and holds the most content so far,
+    ``smollm2-msw-tsw`` is its four-state form), or
     ``fresh``/``fresh-tsw``/``fresh-msw``; None = ``smollm2-ssw`` on the embedded backbone, a
     fresh adapter on any other. Default: ``DELTAMEM_ADAPTER``, if set."""
     dtype: str = "float32"

@@ -28,6 +28,7 @@ PACKAGED_ADAPTERS: dict[str, tuple[str, int | None]] = {
     "smollm2-ssw": ("smollm2-135m-ssw", None),
     "smollm2-msw": ("smollm2-135m-ssw", 4),  # the SSW maps shared by 4 states (widen_states)
     "smollm2-tsw": ("smollm2-135m-tsw", None),  # token writes of content tokens, no forgetting
+    "smollm2-msw-tsw": ("smollm2-135m-tsw", 4),  # the TSW maps shared by 4 states
 }
 """Trained adapters inside the package (for the embedded backbone): name → (directory under
 ``langchain_deltamem/adapters``, number of states to load it with)."""
@@ -72,7 +73,8 @@ def get_engine(
     Args:
         backbone: Hugging Face id or directory; None = the embedded SmolLM2-135M-Instruct.
         adapter: an adapter directory (own or reference format), a packaged trained adapter
-            (``smollm2-ssw``, ``smollm2-msw``, ``smollm2-tsw``: embedded backbone only), or one of
+            (``smollm2-ssw``, ``smollm2-msw``, ``smollm2-tsw``, ``smollm2-msw-tsw``: embedded
+            backbone only), or one of
             ``fresh``/``fresh-ssw``/``fresh-tsw``/``fresh-msw`` (seeded, identical in every
             process); None = `default_adapter` of the backbone.
         dtype: ``float32`` (default), ``bfloat16`` or ``float16`` for the backbone.

@@ -130,7 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--adapter",
         default=None,
-        help="adapter directory, packaged name (smollm2-ssw, -msw, -tsw) or fresh-* name",
+        help="adapter directory, packaged name (smollm2-ssw, -msw, -tsw, -msw-tsw) or fresh-* name",
     )
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--n", type=int, default=40, help="chats")
