@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import STRATEGIES, DeltaMemConfig
 from ..writing import parse_tool_states
-from .trainer import TrainConfig, Trainer, check_answer_form
+from .trainer import BARE_ANSWER, TrainConfig, Trainer, check_answer_form
 
 
 def parse_curriculum(text: str) -> tuple[tuple[int, int | None], ...]:
@@ -189,7 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--answer-form",
         type=parse_answer_form,
-        default="{answer}",
+        default=BARE_ANSWER,
         help="how the trained answer is phrased, a template with {answer} once "
         '(e.g. "You told me it\'s {answer}."); default: the bare value',
     )

@@ -50,6 +50,10 @@ CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
 
 
+BARE_ANSWER = "{answer}"
+"""The answer form that trains the bare value (no lead-in)."""
+
+
 class TrainConfig(BaseModel):
     """Everything that defines a training run (saved next to its outputs)."""
 
@@ -126,7 +130,7 @@ class TrainConfig(BaseModel):
     autoencode: float = Field(0.0, ge=0, le=1)
     """Fraction of each batch turned into autoencoding chats: the question asks for the
     first stored message back, word for word, from memory alone."""
-    answer_form: str = "{answer}"
+    answer_form: str = BARE_ANSWER
     """How the trained answer is phrased: a template holding ``{answer}`` once (e.g. ``"You
     told me it's {answer}."``). A bare value is an unlikely first token of any reply, even for
     the backbone with the whole history in its prompt; after a lead-in the teacher predicts
@@ -180,7 +184,7 @@ def check_answer_form(form: str) -> str:
 
 def in_answer_form(episode: episode_data.Episode, form: str) -> episode_data.Episode:
     """The episode with its answer phrased by ``form`` (the bare value is kept in ``meta``)."""
-    if form == "{answer}":
+    if form == BARE_ANSWER:
         return episode
     return episode.model_copy(update={"answer": form.format(answer=episode.answer)})
 
@@ -619,7 +623,7 @@ class Trainer:
                     bf16=self.config.bf16,
                 )
             result["controls"] = self._controls
-        if self.config.answer_form != "{answer}":
+        if self.config.answer_form != BARE_ANSWER:
             # the same episodes scored in the trained phrasing (all of its tokens)
             result["in_answer_form"] = content_probe(
                 self.handle,
