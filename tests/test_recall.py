@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from langchain_deltamem.engine import get_engine
-from langchain_deltamem.episodes import generate_episodes
-from langchain_deltamem.evaluation.recall import CONDITIONS, RecallEvaluator, main
-from langchain_deltamem.reading import question_ids
+from langchain_deltamem.episodes import generate_episodes, swap_partners
+from langchain_deltamem.evaluation.recall import CONDITIONS, RecallEvaluator, content_nll, main
+from langchain_deltamem.reading import answer_nll, question_ids
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +60,33 @@ def test_the_content_nll_probe(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
     result = json.loads((tmp_path / "content_nll.json").read_text())
     assert result["n"] == 3 and result["nll_right"] > 0 and result["nll_swapped"] > 0
+
+
+@pytest.mark.parametrize("adapter", ["fresh-ssw", "fresh-tsw"])
+def test_the_batched_content_nll_equals_writing_each_history_alone(adapter: str) -> None:
+    """Multi-fact episodes with distractor turns (histories of different lengths and write
+    calls) in one batch give each episode the NLLs of the one-at-a-time chat-model path."""
+    engine = get_engine(adapter=adapter)
+    episodes = generate_episodes(
+        2, split="heldout", seed=5, num_facts=[1], kinds=["facts"], distractors=(0, 0)
+    ) + generate_episodes(
+        2, split="heldout", seed=6, num_facts=[2], kinds=["facts"], distractors=(1, 3)
+    )
+    result = content_nll(engine, episodes, batch_size=3)  # two chunks, the second of one row
+    partners = swap_partners(episodes)
+    evaluator = RecallEvaluator(engine)
+    states = [evaluator.write(e) for e in episodes]
+    with torch.inference_mode():
+        right = [
+            float(answer_nll(engine.handle, engine.tokenizer, s, e.question, e.answer)[0])
+            for s, e in zip(states, episodes, strict=True)
+        ]
+        swapped = [
+            float(answer_nll(engine.handle, engine.tokenizer, states[j], e.question, e.answer)[0])
+            for e, j in zip(episodes, partners, strict=True)
+        ]
+    assert result["n"] == 4
+    assert result["nll_right"] == pytest.approx(sum(right) / 4, abs=1e-4)
+    assert result["nll_swapped"] == pytest.approx(sum(swapped) / 4, abs=1e-4)
+    # an empty state reads as the bare backbone exactly, so any difference is the memory read
+    assert abs(result["nll_right"] - result["nll_zero"]) > 1e-5

@@ -32,7 +32,8 @@ from ..episodes import Episode, generate_episodes, swap_partners
 from ..generation import GenerationSettings, generate
 from ..paired_bootstrap import paired_difference
 from ..prompts import fit_to_context, history_messages
-from ..reading import answer_nll, is_correct, question_ids
+from ..reading import is_correct, question_ids
+from ..training.probe import content_probe
 from ..writing import MEMORY_SYSTEM_PROMPT, SourceRouter, parse_tool_states, write_history
 
 CONDITIONS = ("right", "swapped", "zero", "question_only", "full_history")
@@ -187,36 +188,28 @@ def content_nll(
     tool_states: dict[str, int] | None = None,
     system_prompt: str = MEMORY_SYSTEM_PROMPT,
     seed: int = 0,
+    batch_size: int = 25,
 ) -> dict[str, Any]:
     """Answer NLL with the right state vs another episode's: the most sensitive content test.
 
     Exact-match accuracy stays at zero until an adapter can copy a whole value; a content
     effect shows first as a lower NLL of the gold answer under the right memory. Returns the
-    means and the paired interval of ``swapped − right`` (positive = the memory's content
-    helps)."""
-    handle, tokenizer = engine.handle, engine.tokenizer
-    router = SourceRouter(handle.config.num_states, tool_states or {})
-    partner = _swap_partners(episodes)
-    right, swapped = [], []
-    with torch.inference_mode():
-        states = {
-            e.id: write_history(
-                handle, tokenizer, e.history(), router=router, system_prompt=system_prompt
-            )
-            for e in episodes
-        }
-        for e in episodes:
-            for state, out in ((states[e.id], right), (states[partner[e.id].id], swapped)):
-                nll, _ = answer_nll(
-                    handle, tokenizer, state, e.question, e.answer, system_prompt=system_prompt
-                )
-                out.append(float(nll))
-    return {
-        "n": len(episodes),
-        "nll_right": sum(right) / len(right),
-        "nll_swapped": sum(swapped) / len(swapped),
-        "swapped_minus_right": paired_difference(swapped, right, seed=seed).__dict__,
-    }
+    means (right, swapped, empty state) and the paired intervals of ``swapped − right``
+    (positive = the memory's content helps) and ``zero − right``. The histories are written
+    ``batch_size`` at a time in the trainer's batched passes (the same states as writing them
+    one by one, within float tolerance; tested)."""
+    router = SourceRouter(engine.handle.config.num_states, tool_states or {})
+    result = content_probe(
+        engine.handle,
+        engine.tokenizer,
+        episodes,
+        router=router,
+        system_prompt=system_prompt,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    del result["accuracy"]  # greedy replies are the other mode of the command
+    return result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -276,7 +269,8 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
         interval = result["swapped_minus_right"]
         print(
             f"n={result['n']}: answer NLL right {result['nll_right']:.3f}, swapped "
-            f"{result['nll_swapped']:.3f}, swapped − right {interval['estimate']:+.3f} "
+            f"{result['nll_swapped']:.3f}, empty {result['nll_zero']:.3f}, "
+            f"swapped − right {interval['estimate']:+.3f} "
             f"[{interval['low']:+.3f}, {interval['high']:+.3f}]"
         )
         if out is not None:
