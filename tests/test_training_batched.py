@@ -26,7 +26,7 @@ from langchain_deltamem.training.init import (
     init_content_directions,
     segment_inputs,
 )
-from langchain_deltamem.training.objectives import ObjectiveWeights, batch_loss
+from langchain_deltamem.training.objectives import ObjectiveWeights, batch_loss, value_start_token
 from langchain_deltamem.training.trainer import (
     AUTOENCODE_QUESTION,
     EpisodeSource,
@@ -179,7 +179,7 @@ def test_teacher_objectives_add_their_terms_and_reach_the_write_path() -> None:
     # without teacher terms nothing of the teacher is computed
     plain = batch_loss(handle, tokenizer, episodes, ObjectiveWeights())
     assert plain.distill_kl is None and plain.contrast_target_error is None
-    assert float(plain.loss) == pytest.approx(plain.answer_nll, rel=1e-6)
+    assert float(plain.loss.detach()) == pytest.approx(plain.answer_nll, rel=1e-6)
 
 
 def test_content_only_segments_leave_the_template_tokens_out() -> None:
@@ -441,3 +441,56 @@ def test_batched_greedy_replies_equal_the_chat_models_decode_loop() -> None:
     for i, episode in enumerate(episodes):
         assert replies[i] == evaluator.answer(episode.question, state.select(i)).strip()
         assert bare[i] == evaluator.answer(episode.question, None).strip()
+
+
+def test_value_start_token_is_the_stored_values_first_token_in_any_answer_form() -> None:
+    tokenizer = get_engine().tokenizer
+    episodes = _episodes(4, num_facts=(1,), kinds=("facts",))
+    for form in ("{answer}", "You told me it's {answer}.", '"{answer}", of course'):
+        for episode in episodes:
+            phrased = trainer_module.in_answer_form(episode, form)
+            index = value_start_token(tokenizer, phrased)
+            ids = tokenizer(phrased.answer, add_special_tokens=False).input_ids
+            assert index is not None
+            assert tokenizer.decode(ids[index:]).lstrip().startswith(episode.meta["value"])
+            assert not tokenizer.decode(ids[index + 1 :]).lstrip().startswith(episode.meta["value"])
+    assert value_start_token(tokenizer, autoencoding(episodes[0])) is None
+    assert value_start_token(tokenizer, episodes[0].model_copy(update={"meta": {}})) is None
+
+
+def test_the_value_start_weight_scales_that_tokens_share_of_every_answer_mean() -> None:
+    engine = get_engine(adapter="fresh-tsw")
+    handle, tokenizer = engine.handle, engine.tokenizer
+    form = "You told me it's {answer}."
+    episodes = [
+        trainer_module.in_answer_form(e, form)
+        for e in _episodes(3, num_facts=(1,), kinds=("facts",))
+    ]
+    plain = batch_loss(handle, tokenizer, episodes, ObjectiveWeights())
+    weighted = batch_loss(handle, tokenizer, episodes, ObjectiveWeights(value_start=5.0))
+    with torch.no_grad():
+        state = batched.write_histories(handle, tokenizer, [e.history() for e in episodes])
+        reads = batched.question_batch(
+            tokenizer, [e.question for e in episodes], [e.answer for e in episodes]
+        )
+        logits = batched.scored_logits(handle, reads, state)
+        token_nll = torch.nn.functional.cross_entropy(logits, reads.targets, reduction="none")
+    expected = []
+    for row, episode in enumerate(episodes):
+        nll = token_nll[reads.row_of == row]
+        first = value_start_token(tokenizer, episode)
+        expected.append((nll.sum() + 4.0 * nll[first]) / (nll.numel() + 4.0))
+    assert float(weighted.loss.detach()) == pytest.approx(
+        float(torch.stack(expected).mean()), abs=1e-5
+    )
+    assert float(plain.loss.detach()) == pytest.approx(
+        float(
+            token_nll.new_tensor(
+                [float(token_nll[reads.row_of == r].mean()) for r in range(3)]
+            ).mean()
+        ),
+        abs=1e-5,
+    )
+    assert weighted.answer_nll == pytest.approx(plain.answer_nll, abs=1e-6)  # logged unweighted
+    with pytest.raises(ValueError, match="greater than 0"):
+        TrainConfig(value_start_weight=0)

@@ -38,6 +38,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "bf16": True,
         "attention": "eager",
     },
+    "batched, bf16 backbone, eager attention, layers 0-9 adapted": {
+        "batched": True,
+        "bf16": True,
+        "attention": "eager",
+        "adapter": DeltaMemConfig(rank=16, write_granularity="segment", target_layers=range(10)),
+    },
 }
 
 

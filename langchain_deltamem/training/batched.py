@@ -319,14 +319,18 @@ def scored_logits(
     return logits.float()
 
 
-def per_row_mean(values: torch.Tensor, batch: ScoredBatch) -> torch.Tensor:
-    """Mean of per-token ``values [N]`` within each row: ``[B]``."""
+def per_row_mean(
+    values: torch.Tensor, batch: ScoredBatch, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of per-token ``values [N]`` within each row, weighted by ``weights [N]`` if
+    given: ``[B]``."""
     rows = batch.row_of.to(values.device)
+    weights = torch.ones_like(values) if weights is None else weights.to(values)
     sums = torch.zeros(batch.rows, dtype=values.dtype, device=values.device)
     counts = torch.zeros(batch.rows, dtype=values.dtype, device=values.device)
-    sums = sums.index_add(0, rows, values)
-    counts = counts.index_add(0, rows, torch.ones_like(values))
-    return sums / counts.clamp_min(1)
+    sums = sums.index_add(0, rows, values * weights)
+    counts = counts.index_add(0, rows, weights)
+    return sums / counts.clamp_min(1e-12)
 
 
 def answer_nlls(

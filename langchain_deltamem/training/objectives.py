@@ -13,6 +13,10 @@
   partner's state;
 * the write-gate sparsity and the spread penalty (`episodes.between_episode_share`).
 
+``value_start`` weighs the stored value's first answer token in every per-token term: that is
+where recall has to choose the value (the tokens after it follow from it, and a lead-in is
+learnt in a few steps), yet in a phrased answer it is one token of ten.
+
 The episodes of a step are written in one batched write pass and read in one batched read
 pass (`batched`); the teacher runs without gradients.
 """
@@ -45,6 +49,7 @@ class ObjectiveWeights:
     contrast_top_k: int = 20
     attention_transfer: float = 0.0
     spread: float = 0.0
+    value_start: float = 1.0
 
 
 @dataclass
@@ -109,10 +114,20 @@ def batch_loss(
     reads = batched.question_batch(tokenizer, questions, answers, system_prompt)
     logits = batched.scored_logits(handle, reads, state, bf16=bf16)
     targets = reads.targets.to(logits.device)
-    nll_rows = batched.per_row_mean(F.cross_entropy(logits, targets, reduction="none"), reads)
+    token_weights = (
+        value_start_weights(tokenizer, episodes, reads, weights.value_start)
+        if weights.value_start != 1.0
+        else None
+    )
+
+    def row_means(values: torch.Tensor) -> torch.Tensor:  # what the loss averages
+        return batched.per_row_mean(values, reads, token_weights)
+
+    token_nll = F.cross_entropy(logits, targets, reduction="none")
+    nll_rows = batched.per_row_mean(token_nll, reads)  # logged unweighted, comparable across runs
     nll = nll_rows.mean()
     gate_mean = torch.stack(gates).mean() if gates else nll.new_zeros(())
-    loss = nll + weights.sparsity * gate_mean
+    loss = row_means(token_nll).mean() + weights.sparsity * gate_mean
     out = StepLoss(loss, float(nll.detach()), float(gate_mean.detach()), 0)
     tokens = int(reads.attention_mask.sum())
 
@@ -124,14 +139,13 @@ def batch_loss(
         swapped_logits = batched.scored_logits(
             handle, reads, batched.permuted(source, partners), bf16=bf16
         )
-        swapped_rows = batched.per_row_mean(
-            F.cross_entropy(swapped_logits, targets, reduction="none"), reads
-        )
-        gap = swapped_rows - nll_rows
+        swapped_nll = F.cross_entropy(swapped_logits, targets, reduction="none")
+        gap = batched.per_row_mean(swapped_nll, reads) - nll_rows
         out.swapped_minus_right = float(gap.detach().mean())
         tokens += int(reads.attention_mask.sum())
         if weights.margin_contrast > 0:
-            loss = loss + weights.margin_contrast * F.relu(weights.margin - gap).mean()
+            weighted_gap = row_means(swapped_nll) - row_means(token_nll)
+            loss = loss + weights.margin_contrast * F.relu(weights.margin - weighted_gap).mean()
 
     teacher = None
     if weights.distill > 0 or weights.contrast_target > 0 or weights.attention_transfer > 0:
@@ -152,7 +166,7 @@ def batch_loss(
         kl = F.kl_div(
             _log_probs(logits, t), _log_probs(teacher, t), log_target=True, reduction="none"
         ).sum(-1)
-        kl = batched.per_row_mean(kl, reads).mean() * t * t
+        kl = row_means(kl).mean() * t * t
         loss = loss + weights.distill * kl
         out.distill_kl = float(kl.detach())
     if weights.contrast_target > 0 and teacher is not None and len(episodes) > 1:
@@ -164,7 +178,7 @@ def batch_loss(
         error = _contrast_target_error(
             logits, swapped_logits, teacher, teacher_partner, targets, weights.contrast_top_k
         )
-        error = batched.per_row_mean(error, reads).mean()
+        error = row_means(error).mean()
         loss = loss + weights.contrast_target * error
         out.contrast_target_error = float(error.detach())
 
@@ -175,6 +189,38 @@ def batch_loss(
     out.loss = loss
     out.tokens = tokens
     return out
+
+
+def value_start_token(tokenizer: object, episode: Episode) -> int | None:
+    """Index, among the episode's answer tokens, of the first token of the stored value
+    (``meta["value"]``, wherever an answer form put it); None for an episode without a
+    recorded value or whose answer does not contain it (e.g. an autoencoding chat)."""
+    value = episode.meta.get("value")
+    start = episode.answer.find(value) if value and episode.kind != "autoencode" else -1
+    if start < 0:
+        return None
+    encoded = tokenizer(  # type: ignore[operator]
+        episode.answer, add_special_tokens=False, return_offsets_mapping=True
+    )
+    for index, (_, end) in enumerate(encoded["offset_mapping"]):
+        if end > start:
+            return index
+    return None
+
+
+def value_start_weights(
+    tokenizer: object, episodes: Sequence[Episode], reads: batched.ScoredBatch, weight: float
+) -> torch.Tensor:
+    """Per scored token ``[N]``: ``weight`` at each episode's `value_start_token`, 1 elsewhere."""
+    per_row = torch.bincount(reads.row_of, minlength=reads.rows).tolist()
+    weights = torch.ones(len(reads.targets))
+    first = 0
+    for episode, count in zip(episodes, per_row, strict=True):
+        index = value_start_token(tokenizer, episode)
+        if index is not None and index < count:
+            weights[first + index] = weight
+        first += count
+    return weights
 
 
 def _contrast_target_error(

@@ -193,6 +193,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="how the trained answer is phrased, a template with {answer} once "
         '(e.g. "You told me it\'s {answer}."); default: the bare value',
     )
+    parser.add_argument(
+        "--value-start-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of the stored value's first answer token (default 1: all alike)",
+    )
     parser.add_argument("--gate-lr", type=float, default=None, help="learning rate of the gates")
     parser.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     parser.add_argument(
@@ -261,6 +267,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         attention_transfer=args.attention_transfer,
         autoencode=args.autoencode,
         answer_form=args.answer_form,
+        value_start_weight=args.value_start_weight,
         gate_lr=args.gate_lr,
         schedule=args.schedule,
         probe_every=args.probe_every,

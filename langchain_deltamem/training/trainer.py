@@ -135,6 +135,10 @@ class TrainConfig(BaseModel):
     told me it's {answer}."``). A bare value is an unlikely first token of any reply, even for
     the backbone with the whole history in its prompt; after a lead-in the teacher predicts
     it (docs/results/training.md, session 13). Autoencoding chats keep their own answer."""
+    value_start_weight: float = Field(1.0, gt=0)
+    """Loss weight of the stored value's first answer token (1 = every answer token alike):
+    the token where recall chooses the value, one of ten in a phrased answer
+    (`objectives.value_start_token`)."""
     gate_lr: float | None = Field(None, gt=0)
     """Learning rate of the write gates (``beta_proj``, ``beta_bias``); None = ``lr``."""
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -525,6 +529,7 @@ class Trainer:
             contrast_target=config.contrast_target,
             attention_transfer=config.attention_transfer,
             spread=config.spread,
+            value_start=config.value_start_weight,
         )
         result = batch_loss(
             self.handle,
@@ -552,10 +557,15 @@ class Trainer:
     def _reference_losses(self, episodes: list[episode_data.Episode]) -> dict[str, Any]:
         """The batch one episode at a time (`episodes.episode_loss`), backward included."""
         config = self.config
-        if config.distill or config.contrast_target or config.attention_transfer:
+        if (
+            config.distill
+            or config.contrast_target
+            or config.attention_transfer
+            or config.value_start_weight != 1.0
+        ):
             raise ValueError(
-                "distill, contrast_target and attention_transfer need the batched path "
-                "(batched=True)"
+                "distill, contrast_target, attention_transfer and value_start_weight need the "
+                "batched path (batched=True)"
             )
         losses, nlls, gates, tokens = [], [], [], 0
         swapped_nlls: list[float] = []
