@@ -21,12 +21,13 @@ from langchain_deltamem.reading import answer_nll
 from langchain_deltamem.segments import NO_SEGMENT, encode_segments
 from langchain_deltamem.training import batched
 from langchain_deltamem.training import trainer as trainer_module
+from langchain_deltamem.training.batched import value_start_token
 from langchain_deltamem.training.init import (
     estimate_means,
     init_content_directions,
     segment_inputs,
 )
-from langchain_deltamem.training.objectives import ObjectiveWeights, batch_loss, value_start_token
+from langchain_deltamem.training.objectives import ObjectiveWeights, batch_loss
 from langchain_deltamem.training.trainer import (
     AUTOENCODE_QUESTION,
     EpisodeSource,
@@ -273,6 +274,10 @@ def test_runs_probe_themselves_and_can_be_extended(tmp_path: Path) -> None:
     # the trained phrasing is probed too: more tokens per answer, so another mean NLL
     phrased = probes[0]["in_answer_form"]
     assert phrased["n"] == 8 and phrased["nll_right"] != probes[0]["nll_right"]
+    # and the value's first token alone, in both phrasings (after the lead-in it is another
+    # prediction than at the start of the reply)
+    assert probes[0]["value_start"]["n"] == phrased["value_start"]["n"] == 8
+    assert phrased["value_start"]["nll_right"] != probes[0]["value_start"]["nll_right"]
     assert (out / "adapter").is_dir() and (out / "loss.png").exists()
     # a finished run takes more steps under the same directory, on a machine whose CPU may
     # want another precision (each row says which one its step used) ...
@@ -494,3 +499,24 @@ def test_the_value_start_weight_scales_that_tokens_share_of_every_answer_mean() 
     assert weighted.answer_nll == pytest.approx(plain.answer_nll, abs=1e-6)  # logged unweighted
     with pytest.raises(ValueError, match="greater than 0"):
         TrainConfig(value_start_weight=0)
+
+
+def test_the_probe_scores_the_values_first_token_on_its_own() -> None:
+    from langchain_deltamem.training.probe import content_probe, probe_episodes
+
+    engine = get_engine(adapter="fresh-tsw")
+    handle, tokenizer = engine.handle, engine.tokenizer
+    episodes = probe_episodes(4, ("colour", "food"))
+    result = content_probe(handle, tokenizer, episodes, batch_size=3)
+    with torch.no_grad():
+        state = batched.write_histories(handle, tokenizer, [e.history() for e in episodes])
+        reads = batched.question_batch(
+            tokenizer, [e.question for e in episodes], [e.answer for e in episodes]
+        )
+        nll = batched.token_nlls(handle, reads, state)
+    first = [int((reads.row_of == row).nonzero()[0]) for row in range(4)]  # bare: token 0
+    assert result["value_start"]["n"] == 4
+    assert result["value_start"]["nll_right"] == pytest.approx(float(nll[first].mean()), abs=1e-4)
+    assert result["nll_right"] == pytest.approx(
+        float(batched.per_row_mean(nll, reads).mean()), abs=1e-4
+    )

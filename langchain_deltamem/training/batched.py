@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from transformers import DynamicCache
 
+from ..episodes import Episode
 from ..generation import cache_kwargs
 from ..injection import AttachedAdapter
 from ..prompts import history_messages, prompt_ids
@@ -268,6 +269,38 @@ def question_batch(
     return score_batch(tokenizer, prompts, [answer_ids(tokenizer, a) for a in answers])
 
 
+def value_start_token(tokenizer: object, episode: Episode) -> int | None:
+    """Index, among the episode's answer tokens, of the first token of the stored value
+    (``meta["value"]``, wherever an answer form put it); None for an episode without a
+    recorded value or whose answer does not contain it (e.g. an autoencoding chat)."""
+    value = episode.meta.get("value")
+    start = episode.answer.find(value) if value and episode.kind != "autoencode" else -1
+    if start < 0:
+        return None
+    encoded = tokenizer(  # type: ignore[operator]
+        episode.answer, add_special_tokens=False, return_offsets_mapping=True
+    )
+    for index, (_, end) in enumerate(encoded["offset_mapping"]):
+        if end > start:
+            return index
+    return None
+
+
+def value_start_weights(
+    tokenizer: object, episodes: Sequence[Episode], reads: ScoredBatch, weight: float
+) -> torch.Tensor:
+    """Per scored token ``[N]``: ``weight`` at each episode's `value_start_token`, 1 elsewhere."""
+    per_row = torch.bincount(reads.row_of, minlength=reads.rows).tolist()
+    weights = torch.ones(len(reads.targets))
+    first = 0
+    for episode, count in zip(episodes, per_row, strict=True):
+        index = value_start_token(tokenizer, episode)
+        if index is not None and index < count:
+            weights[first + index] = weight
+        first += count
+    return weights
+
+
 def history_batch(
     tokenizer: object,
     histories: Sequence[Messages],
@@ -333,13 +366,19 @@ def per_row_mean(
     return sums / counts.clamp_min(1e-12)
 
 
+def token_nlls(
+    handle: AttachedAdapter, batch: ScoredBatch, state: MemoryState | None, *, bf16: bool = False
+) -> torch.Tensor:
+    """NLL of every scored token ``[N]``."""
+    logits = scored_logits(handle, batch, state, bf16=bf16)
+    return F.cross_entropy(logits, batch.targets.to(logits.device), reduction="none")
+
+
 def answer_nlls(
     handle: AttachedAdapter, batch: ScoredBatch, state: MemoryState | None, *, bf16: bool = False
 ) -> torch.Tensor:
     """Mean answer NLL per row ``[B]`` (as `reading.answer_nll` per episode)."""
-    logits = scored_logits(handle, batch, state, bf16=bf16)
-    nll = F.cross_entropy(logits, batch.targets.to(logits.device), reduction="none")
-    return per_row_mean(nll, batch)
+    return per_row_mean(token_nlls(handle, batch, state, bf16=bf16), batch)
 
 
 def permuted(state: MemoryState, order: Sequence[int]) -> MemoryState:

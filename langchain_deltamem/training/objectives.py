@@ -115,7 +115,7 @@ def batch_loss(
     logits = batched.scored_logits(handle, reads, state, bf16=bf16)
     targets = reads.targets.to(logits.device)
     token_weights = (
-        value_start_weights(tokenizer, episodes, reads, weights.value_start)
+        batched.value_start_weights(tokenizer, episodes, reads, weights.value_start)
         if weights.value_start != 1.0
         else None
     )
@@ -189,38 +189,6 @@ def batch_loss(
     out.loss = loss
     out.tokens = tokens
     return out
-
-
-def value_start_token(tokenizer: object, episode: Episode) -> int | None:
-    """Index, among the episode's answer tokens, of the first token of the stored value
-    (``meta["value"]``, wherever an answer form put it); None for an episode without a
-    recorded value or whose answer does not contain it (e.g. an autoencoding chat)."""
-    value = episode.meta.get("value")
-    start = episode.answer.find(value) if value and episode.kind != "autoencode" else -1
-    if start < 0:
-        return None
-    encoded = tokenizer(  # type: ignore[operator]
-        episode.answer, add_special_tokens=False, return_offsets_mapping=True
-    )
-    for index, (_, end) in enumerate(encoded["offset_mapping"]):
-        if end > start:
-            return index
-    return None
-
-
-def value_start_weights(
-    tokenizer: object, episodes: Sequence[Episode], reads: batched.ScoredBatch, weight: float
-) -> torch.Tensor:
-    """Per scored token ``[N]``: ``weight`` at each episode's `value_start_token`, 1 elsewhere."""
-    per_row = torch.bincount(reads.row_of, minlength=reads.rows).tolist()
-    weights = torch.ones(len(reads.targets))
-    first = 0
-    for episode, count in zip(episodes, per_row, strict=True):
-        index = value_start_token(tokenizer, episode)
-        if index is not None and index < count:
-            weights[first + index] = weight
-        first += count
-    return weights
 
 
 def _contrast_target_error(

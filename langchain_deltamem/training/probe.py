@@ -54,11 +54,14 @@ def content_probe(
     greedy: bool = False,
 ) -> dict[str, Any]:
     """NLL right / swapped / zero per episode and the paired intervals (positive = content);
-    with ``greedy`` also the greedy accuracy right / swapped (`greedy_accuracy`)."""
+    the same for the stored value's first answer token alone (``value_start``: where recall
+    chooses the value, wherever an answer form puts it); with ``greedy`` also the greedy
+    accuracy right / swapped (`greedy_accuracy`)."""
     partners = swap_partners(episodes)
     right: list[float] = []
     swapped: list[float] = []
     zero: list[float] = []
+    starts: dict[str, list[float]] = {"right": [], "swapped": [], "zero": []}
     with torch.inference_mode():
         states = []
         for start in range(0, len(episodes), batch_size):
@@ -80,14 +83,16 @@ def content_probe(
             reads = batched.question_batch(
                 tokenizer, [e.question for e in chunk], [e.answer for e in chunk], system_prompt
             )
-            for order, out in (
-                (rows, right),
-                ([partners[i] for i in rows], swapped),
-            ):
-                state = batched.permuted(every, order)
-                out += batched.answer_nlls(handle, reads, state, bf16=bf16).tolist()
+            first = _value_start_indices(tokenizer, chunk, reads)
             empty = handle.new_state(len(rows))
-            zero += batched.answer_nlls(handle, reads, empty, bf16=bf16).tolist()
+            for name, state, out in (
+                ("right", batched.permuted(every, rows), right),
+                ("swapped", batched.permuted(every, [partners[i] for i in rows]), swapped),
+                ("zero", empty, zero),
+            ):
+                nll = batched.token_nlls(handle, reads, state, bf16=bf16)
+                out += batched.per_row_mean(nll, reads).tolist()
+                starts[name] += nll[first[first >= 0]].tolist()
     gap = paired_difference(swapped, right, seed=seed)
     zero_gap = paired_difference(zero, right, seed=seed)
     accuracy = None
@@ -103,6 +108,34 @@ def content_probe(
         "nll_zero": sum(zero) / len(zero),
         "swapped_minus_right": gap.__dict__,
         "zero_minus_right": zero_gap.__dict__,
+        "value_start": _value_start_summary(starts, seed),
+    }
+
+
+def _value_start_indices(
+    tokenizer: object, episodes: Sequence[Episode], reads: batched.ScoredBatch
+) -> torch.Tensor:
+    """Per row, the scored-token index of the value's first token (−1 where unknown)."""
+    counts = torch.bincount(reads.row_of, minlength=reads.rows).tolist()
+    indices, first = [], 0
+    for episode, count in zip(episodes, counts, strict=True):
+        index = batched.value_start_token(tokenizer, episode)
+        indices.append(first + index if index is not None and index < count else -1)
+        first += count
+    return torch.tensor(indices, dtype=torch.long)
+
+
+def _value_start_summary(starts: dict[str, list[float]], seed: int) -> dict[str, Any] | None:
+    """Mean NLL of the value's first token per state and the paired swapped − right interval
+    (None when no episode records its value)."""
+    if not starts["right"]:
+        return None
+    return {
+        "n": len(starts["right"]),
+        **{f"nll_{name}": sum(v) / len(v) for name, v in starts.items()},
+        "swapped_minus_right": paired_difference(
+            starts["swapped"], starts["right"], seed=seed
+        ).__dict__,
     }
 
 
