@@ -459,6 +459,19 @@ def test_value_start_token_is_the_stored_values_first_token_in_any_answer_form()
             assert index is not None
             assert tokenizer.decode(ids[index:]).lstrip().startswith(episode.meta["value"])
             assert not tokenizer.decode(ids[index + 1 :]).lstrip().startswith(episode.meta["value"])
+
+    class WithoutOffsets:  # a slow tokenizer: the lead-in's token count instead of offsets
+        is_fast = False
+
+        def __call__(self, *args, **kwargs):
+            return tokenizer(*args, **kwargs)
+
+    for form in ("{answer}", "You told me it's {answer}.", '"{answer}", of course'):
+        for episode in episodes:
+            phrased = trainer_module.in_answer_form(episode, form)
+            assert value_start_token(WithoutOffsets(), phrased) == value_start_token(
+                tokenizer, phrased
+            )
     assert value_start_token(tokenizer, autoencoding(episodes[0])) is None
     assert value_start_token(tokenizer, episodes[0].model_copy(update={"meta": {}})) is None
 

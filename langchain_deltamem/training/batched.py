@@ -277,6 +277,11 @@ def value_start_token(tokenizer: object, episode: Episode) -> int | None:
     start = episode.answer.find(value) if value and episode.kind != "autoencode" else -1
     if start < 0:
         return None
+    if not getattr(tokenizer, "is_fast", False):  # no offsets: the lead-in's own token count
+        lead_in = episode.answer[:start].rstrip()
+        if not lead_in:
+            return 0
+        return len(tokenizer(lead_in, add_special_tokens=False).input_ids)  # type: ignore[operator]
     encoded = tokenizer(  # type: ignore[operator]
         episode.answer, add_special_tokens=False, return_offsets_mapping=True
     )
