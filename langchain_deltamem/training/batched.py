@@ -277,11 +277,8 @@ def value_start_token(tokenizer: object, episode: Episode) -> int | None:
     start = episode.answer.find(value) if value and episode.kind != "autoencode" else -1
     if start < 0:
         return None
-    if not getattr(tokenizer, "is_fast", False):  # no offsets: the lead-in's own token count
-        lead_in = episode.answer[:start].rstrip()
-        if not lead_in:
-            return 0
-        return len(tokenizer(lead_in, add_special_tokens=False).input_ids)  # type: ignore[operator]
+    if not getattr(tokenizer, "is_fast", False):  # no offsets: count the lead-in's tokens
+        return _lead_in_length(tokenizer, episode.answer, start)
     encoded = tokenizer(  # type: ignore[operator]
         episode.answer, add_special_tokens=False, return_offsets_mapping=True
     )
@@ -289,6 +286,22 @@ def value_start_token(tokenizer: object, episode: Episode) -> int | None:
         if end > start:
             return index
     return None
+
+
+def _lead_in_length(tokenizer: object, answer: str, start: int) -> int:
+    """How many of the answer's tokens come before character ``start``: the longest
+    tokenisation of the lead-in (with or without the space before the value, which some
+    tokenizers give a token of its own) that the whole answer's tokens begin with."""
+
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False).input_ids)  # type: ignore[operator]
+
+    whole = ids(answer)
+    for lead_in in (answer[:start], answer[:start].rstrip()):
+        head = ids(lead_in) if lead_in else []
+        if whole[: len(head)] == head:
+            return len(head)
+    return len(ids(answer[:start].rstrip()))
 
 
 def value_start_weights(
