@@ -12,35 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from langchain_deltamem.engine import get_engine
 from langchain_deltamem.paired_bootstrap import paired_difference
-from langchain_deltamem.reading import is_correct, question_ids
-from langchain_deltamem.training import batched
-from langchain_deltamem.training.probe import PROBE_SEED, probe_episodes
-from langchain_deltamem.writing import MEMORY_SYSTEM_PROMPT
+from langchain_deltamem.training.probe import (
+    PROBE_SEED,
+    greedy_hits,
+    probe_episodes,
+    write_states,
+)
 
 
-def right_state_hits(adapter: str, episodes: list, batch_size: int = 50) -> list[float]:
+def right_state_hits(adapter: str, episodes: list) -> list[float]:
     """1.0 where the greedy reply with the episode's own memory contains the stored value."""
     engine = get_engine(adapter=adapter)
-    hits: list[float] = []
-    with torch.inference_mode():
-        for start in range(0, len(episodes), batch_size):
-            chunk = episodes[start : start + batch_size]
-            state = batched.write_histories(
-                engine.handle,
-                engine.tokenizer,
-                [e.history() for e in chunk],
-                system_prompt=MEMORY_SYSTEM_PROMPT,
-            )
-            prompts = [
-                question_ids(engine.tokenizer, e.question, MEMORY_SYSTEM_PROMPT)[0] for e in chunk
-            ]
-            replies = batched.greedy_replies(engine.handle, engine.tokenizer, prompts, state)
-            hits += [float(is_correct(r, e.answer)) for r, e in zip(replies, chunk, strict=True)]
-    return hits
+    states = write_states(engine.handle, engine.tokenizer, episodes)
+    return greedy_hits(engine.handle, engine.tokenizer, episodes, states, range(len(episodes)))
 
 
 def main() -> None:

@@ -533,3 +533,27 @@ def test_the_probe_scores_the_values_first_token_on_its_own() -> None:
     assert result["nll_right"] == pytest.approx(
         float(batched.per_row_mean(nll, reads).mean()), abs=1e-4
     )
+
+
+def test_greedy_hits_read_each_question_with_the_state_row_it_is_given() -> None:
+    from langchain_deltamem.evaluation.recall import RecallEvaluator
+    from langchain_deltamem.training.probe import greedy_hits, probe_episodes, write_states
+
+    engine = get_engine(adapter="smollm2-tsw")
+    episodes = probe_episodes(3, ("colour", "food"))
+    states = write_states(engine.handle, engine.tokenizer, episodes, batch_size=2)
+    order = [2, 0, 1]
+    evaluator = RecallEvaluator(engine, max_new_tokens=16)
+    replies = [
+        evaluator.answer(e.question, states.select(order[i])).strip()
+        for i, e in enumerate(episodes)
+    ]
+    assert all(replies)
+    # gold answers made from the replies the given rows produce: two hits and a sure miss
+    graded = [
+        episodes[0].model_copy(update={"answer": replies[0]}),
+        episodes[1].model_copy(update={"answer": replies[1]}),
+        episodes[2].model_copy(update={"answer": "a value no reply holds qzx"}),
+    ]
+    hits = greedy_hits(engine.handle, engine.tokenizer, graded, states, order, batch_size=2)
+    assert hits == [1.0, 1.0, 0.0]

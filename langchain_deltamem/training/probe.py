@@ -63,20 +63,15 @@ def content_probe(
     zero: list[float] = []
     starts: dict[str, list[float]] = {"right": [], "swapped": [], "zero": []}
     with torch.inference_mode():
-        states = []
-        for start in range(0, len(episodes), batch_size):
-            chunk = episodes[start : start + batch_size]
-            states.append(
-                batched.write_histories(
-                    handle,
-                    tokenizer,
-                    [e.history() for e in chunk],
-                    router=router,
-                    system_prompt=system_prompt,
-                    bf16=bf16,
-                )
-            )
-        every = states[0].concat(states) if len(states) > 1 else states[0]
+        every = write_states(
+            handle,
+            tokenizer,
+            episodes,
+            router=router,
+            system_prompt=system_prompt,
+            batch_size=batch_size,
+            bf16=bf16,
+        )
         for start in range(0, len(episodes), batch_size):
             rows = list(range(start, min(start + batch_size, len(episodes))))
             chunk = [episodes[i] for i in rows]
@@ -139,6 +134,67 @@ def _value_start_summary(starts: dict[str, list[float]], seed: int) -> dict[str,
     }
 
 
+def write_states(
+    handle: AttachedAdapter,
+    tokenizer: object,
+    episodes: Sequence[Episode],
+    *,
+    router: SourceRouter | None = None,
+    system_prompt: str = MEMORY_SYSTEM_PROMPT,
+    batch_size: int = 50,
+    bf16: bool = False,
+) -> MemoryState:
+    """Every episode's history written into its own state (row i = episode i), in batches."""
+    states = []
+    with torch.inference_mode():
+        for start in range(0, len(episodes), batch_size):
+            chunk = episodes[start : start + batch_size]
+            states.append(
+                batched.write_histories(
+                    handle,
+                    tokenizer,
+                    [e.history() for e in chunk],
+                    router=router,
+                    system_prompt=system_prompt,
+                    bf16=bf16,
+                )
+            )
+    return states[0].concat(states) if len(states) > 1 else states[0]
+
+
+def greedy_hits(
+    handle: AttachedAdapter,
+    tokenizer: object,
+    episodes: Sequence[Episode],
+    states: MemoryState,
+    order: Sequence[int],
+    *,
+    system_prompt: str = MEMORY_SYSTEM_PROMPT,
+    batch_size: int = 50,
+    bf16: bool = False,
+) -> list[float]:
+    """Per episode i, 1.0 where the greedy reply (16 new tokens) to its question, read with
+    state row ``order[i]``, contains its stored value (``order = range(n)``: its own memory)."""
+    hits: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(episodes), batch_size):
+            rows = list(range(start, min(start + batch_size, len(episodes))))
+            prompts = [
+                question_ids(tokenizer, episodes[i].question, system_prompt)[0] for i in rows
+            ]
+            replies = batched.greedy_replies(
+                handle,
+                tokenizer,
+                prompts,
+                batched.permuted(states, [order[i] for i in rows]),
+                bf16=bf16,
+            )
+            hits += [
+                float(is_correct(r, episodes[i].answer)) for r, i in zip(replies, rows, strict=True)
+            ]
+    return hits
+
+
 def greedy_accuracy(
     handle: AttachedAdapter,
     tokenizer: object,
@@ -153,24 +209,14 @@ def greedy_accuracy(
     """Greedy accuracy with the right and the swapped state (16 new tokens), and the paired
     interval of right − swapped. The empty state gives the bare backbone's logits exactly, so
     the question-only and full-history controls do not depend on the adapter: `controls`."""
-    correct: dict[str, list[float]] = {"right": [], "swapped": []}
-    for start in range(0, len(episodes), batch_size):
-        rows = list(range(start, min(start + batch_size, len(episodes))))
-        prompts = [question_ids(tokenizer, episodes[i].question, system_prompt)[0] for i in rows]
-        for name, order in (("right", rows), ("swapped", [partners[i] for i in rows])):
-            replies = batched.greedy_replies(
-                handle, tokenizer, prompts, batched.permuted(states, order), bf16=bf16
-            )
-            correct[name] += [
-                float(is_correct(r, episodes[i].answer)) for r, i in zip(replies, rows, strict=True)
-            ]
+    options = {"system_prompt": system_prompt, "batch_size": batch_size, "bf16": bf16}
+    right = greedy_hits(handle, tokenizer, episodes, states, range(len(episodes)), **options)
+    swapped = greedy_hits(handle, tokenizer, episodes, states, partners, **options)
     n = len(episodes)
     return {
-        "right": sum(correct["right"]) / n,
-        "swapped": sum(correct["swapped"]) / n,
-        "right_minus_swapped": paired_difference(
-            correct["right"], correct["swapped"], seed=seed
-        ).__dict__,
+        "right": sum(right) / n,
+        "swapped": sum(swapped) / n,
+        "right_minus_swapped": paired_difference(right, swapped, seed=seed).__dict__,
     }
 
 
