@@ -162,7 +162,7 @@ def write_states(
     return states[0].concat(states) if len(states) > 1 else states[0]
 
 
-def greedy_hits(
+def greedy_replies_of(
     handle: AttachedAdapter,
     tokenizer: object,
     episodes: Sequence[Episode],
@@ -172,27 +172,37 @@ def greedy_hits(
     system_prompt: str = MEMORY_SYSTEM_PROMPT,
     batch_size: int = 50,
     bf16: bool = False,
-) -> list[float]:
-    """Per episode i, 1.0 where the greedy reply (16 new tokens) to its question, read with
-    state row ``order[i]``, contains its stored value (``order = range(n)``: its own memory)."""
-    hits: list[float] = []
+) -> list[str]:
+    """Per episode i, the greedy reply (16 new tokens) to its question, read with state row
+    ``order[i]`` (``order = range(n)``: its own memory)."""
+    replies: list[str] = []
     with torch.inference_mode():
         for start in range(0, len(episodes), batch_size):
             rows = list(range(start, min(start + batch_size, len(episodes))))
             prompts = [
                 question_ids(tokenizer, episodes[i].question, system_prompt)[0] for i in rows
             ]
-            replies = batched.greedy_replies(
+            replies += batched.greedy_replies(
                 handle,
                 tokenizer,
                 prompts,
                 batched.permuted(states, [order[i] for i in rows]),
                 bf16=bf16,
             )
-            hits += [
-                float(is_correct(r, episodes[i].answer)) for r, i in zip(replies, rows, strict=True)
-            ]
-    return hits
+    return replies
+
+
+def greedy_hits(
+    handle: AttachedAdapter,
+    tokenizer: object,
+    episodes: Sequence[Episode],
+    states: MemoryState,
+    order: Sequence[int],
+    **options: Any,
+) -> list[float]:
+    """Per episode, 1.0 where `greedy_replies_of` holds its whole stored value."""
+    replies = greedy_replies_of(handle, tokenizer, episodes, states, order, **options)
+    return [float(is_correct(r, e.answer)) for r, e in zip(replies, episodes, strict=True)]
 
 
 def greedy_accuracy(
