@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 
 from langchain_deltamem.engine import get_engine
-from langchain_deltamem.episodes import Episode, swap_partners
+from langchain_deltamem.episodes import swap_partners
 from langchain_deltamem.paired_bootstrap import paired_difference
 from langchain_deltamem.reading import is_correct, normalize
 from langchain_deltamem.training.probe import (
@@ -37,7 +36,7 @@ def scores(reply: str, value: str) -> dict[str, float]:
     }
 
 
-def summary(episodes: Sequence[Episode], right: list[dict], swapped: list[dict]) -> dict:
+def summary(right: list[dict], swapped: list[dict]) -> dict:
     """Rates right / swapped and the paired interval of right − swapped, per measure."""
     return {
         m: {
@@ -48,7 +47,7 @@ def summary(episodes: Sequence[Episode], right: list[dict], swapped: list[dict])
             ).__dict__,
         }
         for m in MEASURES
-    } | {"n": len(episodes)}
+    } | {"n": len(right)}
 
 
 def main() -> None:
@@ -71,11 +70,10 @@ def main() -> None:
         for name, rs in replies.items()
     }
     result = {"adapter": args.adapter, "episode_seed": args.seed}
-    result["all"] = summary(episodes, graded["right"], graded["swapped"])
+    result["all"] = summary(graded["right"], graded["swapped"])
     for kind in sorted({e.meta.get("value_type", "?") for e in episodes}):
         rows = [i for i, e in enumerate(episodes) if e.meta.get("value_type", "?") == kind]
         result[kind] = summary(
-            [episodes[i] for i in rows],
             [graded["right"][i] for i in rows],
             [graded["swapped"][i] for i in rows],
         )
