@@ -21,7 +21,7 @@ from langchain_deltamem.reading import answer_nll
 from langchain_deltamem.segments import NO_SEGMENT, encode_segments
 from langchain_deltamem.training import batched
 from langchain_deltamem.training import trainer as trainer_module
-from langchain_deltamem.training.batched import value_start_token
+from langchain_deltamem.training.batched import value_start_token, value_token_span
 from langchain_deltamem.training.init import (
     estimate_means,
     init_content_directions,
@@ -459,6 +459,9 @@ def test_value_start_token_is_the_stored_values_first_token_in_any_answer_form()
             assert index is not None
             assert tokenizer.decode(ids[index:]).lstrip().startswith(episode.meta["value"])
             assert not tokenizer.decode(ids[index + 1 :]).lstrip().startswith(episode.meta["value"])
+            first, end = value_token_span(tokenizer, phrased)
+            assert first == index
+            assert tokenizer.decode(ids[first:end]).strip() == episode.meta["value"]
 
     class WithoutOffsets:  # a slow tokenizer: the lead-in's token count instead of offsets
         is_fast = False
@@ -469,14 +472,15 @@ def test_value_start_token_is_the_stored_values_first_token_in_any_answer_form()
     for form in ("{answer}", "You told me it's {answer}.", '"{answer}", of course'):
         for episode in episodes:
             phrased = trainer_module.in_answer_form(episode, form)
-            assert value_start_token(WithoutOffsets(), phrased) == value_start_token(
+            assert value_token_span(WithoutOffsets(), phrased) == value_token_span(
                 tokenizer, phrased
             )
     assert value_start_token(tokenizer, autoencoding(episodes[0])) is None
     assert value_start_token(tokenizer, episodes[0].model_copy(update={"meta": {}})) is None
+    assert value_token_span(tokenizer, autoencoding(episodes[0])) is None
 
 
-def test_the_value_start_weight_scales_that_tokens_share_of_every_answer_mean() -> None:
+def test_the_value_weights_scale_those_tokens_share_of_every_answer_mean() -> None:
     engine = get_engine(adapter="fresh-tsw")
     handle, tokenizer = engine.handle, engine.tokenizer
     form = "You told me it's {answer}."
@@ -486,6 +490,9 @@ def test_the_value_start_weight_scales_that_tokens_share_of_every_answer_mean() 
     ]
     plain = batch_loss(handle, tokenizer, episodes, ObjectiveWeights())
     weighted = batch_loss(handle, tokenizer, episodes, ObjectiveWeights(value_start=5.0))
+    both = batch_loss(
+        handle, tokenizer, episodes, ObjectiveWeights(value_start=5.0, value_rest=3.0)
+    )
     with torch.no_grad():
         state = batched.write_histories(handle, tokenizer, [e.history() for e in episodes])
         reads = batched.question_batch(
@@ -493,13 +500,22 @@ def test_the_value_start_weight_scales_that_tokens_share_of_every_answer_mean() 
         )
         logits = batched.scored_logits(handle, reads, state)
         token_nll = torch.nn.functional.cross_entropy(logits, reads.targets, reduction="none")
-    expected = []
+    expected, expected_both = [], []
     for row, episode in enumerate(episodes):
         nll = token_nll[reads.row_of == row]
-        first = value_start_token(tokenizer, episode)
+        first, end = value_token_span(tokenizer, episode)
+        assert end - first > 1  # every value here has later tokens to weigh
         expected.append((nll.sum() + 4.0 * nll[first]) / (nll.numel() + 4.0))
+        rest = nll[first + 1 : end]
+        expected_both.append(
+            (nll.sum() + 4.0 * nll[first] + 2.0 * rest.sum())
+            / (nll.numel() + 4.0 + 2.0 * len(rest))
+        )
     assert float(weighted.loss.detach()) == pytest.approx(
         float(torch.stack(expected).mean()), abs=1e-5
+    )
+    assert float(both.loss.detach()) == pytest.approx(
+        float(torch.stack(expected_both).mean()), abs=1e-5
     )
     assert float(plain.loss.detach()) == pytest.approx(
         float(
@@ -512,9 +528,11 @@ def test_the_value_start_weight_scales_that_tokens_share_of_every_answer_mean() 
     assert weighted.answer_nll == pytest.approx(plain.answer_nll, abs=1e-6)  # logged unweighted
     with pytest.raises(ValueError, match="greater than 0"):
         TrainConfig(value_start_weight=0)
+    with pytest.raises(ValueError, match="greater than 0"):
+        TrainConfig(value_rest_weight=-1)
 
 
-def test_the_probe_scores_the_values_first_token_on_its_own() -> None:
+def test_the_probe_scores_the_values_first_token_and_its_later_tokens_on_their_own() -> None:
     from langchain_deltamem.training.probe import content_probe, probe_episodes
 
     engine = get_engine(adapter="fresh-tsw")
@@ -530,6 +548,14 @@ def test_the_probe_scores_the_values_first_token_on_its_own() -> None:
     first = [int((reads.row_of == row).nonzero()[0]) for row in range(4)]  # bare: token 0
     assert result["value_start"]["n"] == 4
     assert result["value_start"]["nll_right"] == pytest.approx(float(nll[first].mean()), abs=1e-4)
+    rests = []
+    for row, episode in enumerate(episodes):  # bare answers: the value, then end of turn
+        begin, end = value_token_span(tokenizer, episode)
+        if end - begin > 1:
+            rests.append(float(nll[first[row] + 1 : first[row] + end - begin].mean()))
+    assert rests  # the probe set holds multi-token values
+    assert result["value_rest"]["n"] == len(rests)
+    assert result["value_rest"]["nll_right"] == pytest.approx(sum(rests) / len(rests), abs=1e-4)
     assert result["nll_right"] == pytest.approx(
         float(batched.per_row_mean(nll, reads).mean()), abs=1e-4
     )

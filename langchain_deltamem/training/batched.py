@@ -269,23 +269,30 @@ def question_batch(
     return score_batch(tokenizer, prompts, [answer_ids(tokenizer, a) for a in answers])
 
 
-def value_start_token(tokenizer: object, episode: Episode) -> int | None:
-    """Index, among the episode's answer tokens, of the first token of the stored value
+def value_token_span(tokenizer: object, episode: Episode) -> tuple[int, int] | None:
+    """``(first, end)``: which of the episode's answer tokens hold the stored value
     (``meta["value"]``, wherever an answer form put it); None for an episode without a
     recorded value or whose answer does not contain it (e.g. an autoencoding chat)."""
     value = episode.meta.get("value")
     start = episode.answer.find(value) if value and episode.kind != "autoencode" else -1
     if start < 0:
         return None
-    if not getattr(tokenizer, "is_fast", False):  # no offsets: count the lead-in's tokens
-        return _lead_in_length(tokenizer, episode.answer, start)
+    stop = start + len(value)
+    if not getattr(tokenizer, "is_fast", False):  # no offsets: count the lead-ins' tokens
+        first = _lead_in_length(tokenizer, episode.answer, start)
+        return first, max(first + 1, _lead_in_length(tokenizer, episode.answer, stop))
     encoded = tokenizer(  # type: ignore[operator]
         episode.answer, add_special_tokens=False, return_offsets_mapping=True
     )
-    for index, (_, end) in enumerate(encoded["offset_mapping"]):
-        if end > start:
-            return index
-    return None
+    inside = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if b > start and a < stop]
+    return (inside[0], inside[-1] + 1) if inside else None
+
+
+def value_start_token(tokenizer: object, episode: Episode) -> int | None:
+    """Index, among the episode's answer tokens, of the first token of the stored value
+    (`value_token_span`); None where the answer does not hold a recorded value."""
+    span = value_token_span(tokenizer, episode)
+    return None if span is None else span[0]
 
 
 def _lead_in_length(tokenizer: object, answer: str, start: int) -> int:
@@ -304,17 +311,23 @@ def _lead_in_length(tokenizer: object, answer: str, start: int) -> int:
     return len(ids(answer[:start].rstrip()))
 
 
-def value_start_weights(
-    tokenizer: object, episodes: Sequence[Episode], reads: ScoredBatch, weight: float
+def value_weights(
+    tokenizer: object,
+    episodes: Sequence[Episode],
+    reads: ScoredBatch,
+    start: float,
+    rest: float = 1.0,
 ) -> torch.Tensor:
-    """Per scored token ``[N]``: ``weight`` at each episode's `value_start_token`, 1 elsewhere."""
+    """Per scored token ``[N]``: ``start`` at each episode's first value token, ``rest`` at
+    the value's later tokens (`value_token_span`), 1 elsewhere."""
     per_row = torch.bincount(reads.row_of, minlength=reads.rows).tolist()
     weights = torch.ones(len(reads.targets))
     first = 0
     for episode, count in zip(episodes, per_row, strict=True):
-        index = value_start_token(tokenizer, episode)
-        if index is not None and index < count:
-            weights[first + index] = weight
+        span = value_token_span(tokenizer, episode)
+        if span is not None and span[0] < count:
+            weights[first + span[0] + 1 : first + min(span[1], count)] = rest
+            weights[first + span[0]] = start
         first += count
     return weights
 

@@ -15,7 +15,8 @@
 
 ``value_start`` weighs the stored value's first answer token in every per-token term: that is
 where recall has to choose the value (the tokens after it follow from it, and a lead-in is
-learnt in a few steps), yet in a phrased answer it is one token of ten.
+learnt in a few steps), yet in a phrased answer it is one token of ten. ``value_rest`` weighs
+the value's later tokens: a segment write that recalls a value's first word often stops there.
 
 The episodes of a step are written in one batched write pass and read in one batched read
 pass (`batched`); the teacher runs without gradients.
@@ -50,6 +51,7 @@ class ObjectiveWeights:
     attention_transfer: float = 0.0
     spread: float = 0.0
     value_start: float = 1.0
+    value_rest: float = 1.0
 
 
 @dataclass
@@ -115,8 +117,8 @@ def batch_loss(
     logits = batched.scored_logits(handle, reads, state, bf16=bf16)
     targets = reads.targets.to(logits.device)
     token_weights = (
-        batched.value_start_weights(tokenizer, episodes, reads, weights.value_start)
-        if weights.value_start != 1.0
+        batched.value_weights(tokenizer, episodes, reads, weights.value_start, weights.value_rest)
+        if weights.value_start != 1.0 or weights.value_rest != 1.0
         else None
     )
 

@@ -55,13 +55,15 @@ def content_probe(
 ) -> dict[str, Any]:
     """NLL right / swapped / zero per episode and the paired intervals (positive = content);
     the same for the stored value's first answer token alone (``value_start``: where recall
-    chooses the value, wherever an answer form puts it); with ``greedy`` also the greedy
+    chooses the value, wherever an answer form puts it) and for its later tokens
+    (``value_rest``, mean per episode); with ``greedy`` also the greedy
     accuracy right / swapped (`greedy_accuracy`)."""
     partners = swap_partners(episodes)
     right: list[float] = []
     swapped: list[float] = []
     zero: list[float] = []
     starts: dict[str, list[float]] = {"right": [], "swapped": [], "zero": []}
+    rests: dict[str, list[float]] = {"right": [], "swapped": [], "zero": []}
     with torch.inference_mode():
         every = write_states(
             handle,
@@ -78,7 +80,7 @@ def content_probe(
             reads = batched.question_batch(
                 tokenizer, [e.question for e in chunk], [e.answer for e in chunk], system_prompt
             )
-            first = _value_start_indices(tokenizer, chunk, reads)
+            first, rest = _value_indices(tokenizer, chunk, reads)
             empty = handle.new_state(len(rows))
             for name, state, out in (
                 ("right", batched.permuted(every, rows), right),
@@ -88,6 +90,7 @@ def content_probe(
                 nll = batched.token_nlls(handle, reads, state, bf16=bf16)
                 out += batched.per_row_mean(nll, reads).tolist()
                 starts[name] += nll[first[first >= 0]].tolist()
+                rests[name] += [float(nll[r].mean()) for r in rest if r.numel()]
     gap = paired_difference(swapped, right, seed=seed)
     zero_gap = paired_difference(zero, right, seed=seed)
     accuracy = None
@@ -103,33 +106,40 @@ def content_probe(
         "nll_zero": sum(zero) / len(zero),
         "swapped_minus_right": gap.__dict__,
         "zero_minus_right": zero_gap.__dict__,
-        "value_start": _value_start_summary(starts, seed),
+        "value_start": _value_summary(starts, seed),
+        "value_rest": _value_summary(rests, seed),
     }
 
 
-def _value_start_indices(
+def _value_indices(
     tokenizer: object, episodes: Sequence[Episode], reads: batched.ScoredBatch
-) -> torch.Tensor:
-    """Per row, the scored-token index of the value's first token (−1 where unknown)."""
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per row, the scored-token index of the value's first token (−1 where unknown) and the
+    indices of its later tokens (empty for a one-token or unknown value)."""
     counts = torch.bincount(reads.row_of, minlength=reads.rows).tolist()
-    indices, first = [], 0
+    firsts, rests, offset = [], [], 0
     for episode, count in zip(episodes, counts, strict=True):
-        index = batched.value_start_token(tokenizer, episode)
-        indices.append(first + index if index is not None and index < count else -1)
-        first += count
-    return torch.tensor(indices, dtype=torch.long)
+        span = batched.value_token_span(tokenizer, episode)
+        if span is None or span[0] >= count:
+            firsts.append(-1)
+            rests.append(torch.zeros(0, dtype=torch.long))
+        else:
+            firsts.append(offset + span[0])
+            rests.append(torch.arange(offset + span[0] + 1, offset + min(span[1], count)))
+        offset += count
+    return torch.tensor(firsts, dtype=torch.long), rests
 
 
-def _value_start_summary(starts: dict[str, list[float]], seed: int) -> dict[str, Any] | None:
-    """Mean NLL of the value's first token per state and the paired swapped − right interval
-    (None when no episode records its value)."""
-    if not starts["right"]:
+def _value_summary(nlls: dict[str, list[float]], seed: int) -> dict[str, Any] | None:
+    """Mean NLL per state of one part of the value (an NLL per episode that has it) and the
+    paired swapped − right interval (None when no episode has that part)."""
+    if not nlls["right"]:
         return None
     return {
-        "n": len(starts["right"]),
-        **{f"nll_{name}": sum(v) / len(v) for name, v in starts.items()},
+        "n": len(nlls["right"]),
+        **{f"nll_{name}": sum(v) / len(v) for name, v in nlls.items()},
         "swapped_minus_right": paired_difference(
-            starts["swapped"], starts["right"], seed=seed
+            nlls["swapped"], nlls["right"], seed=seed
         ).__dict__,
     }
 

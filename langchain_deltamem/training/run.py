@@ -199,6 +199,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=1.0,
         help="loss weight of the stored value's first answer token (default 1: all alike)",
     )
+    parser.add_argument(
+        "--value-rest-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of the stored value's later answer tokens (default 1)",
+    )
     parser.add_argument("--gate-lr", type=float, default=None, help="learning rate of the gates")
     parser.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     parser.add_argument(
@@ -268,6 +274,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         autoencode=args.autoencode,
         answer_form=args.answer_form,
         value_start_weight=args.value_start_weight,
+        value_rest_weight=args.value_rest_weight,
         gate_lr=args.gate_lr,
         schedule=args.schedule,
         probe_every=args.probe_every,

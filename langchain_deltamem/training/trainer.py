@@ -139,6 +139,8 @@ class TrainConfig(BaseModel):
     """Loss weight of the stored value's first answer token (1 = every answer token alike):
     the token where recall chooses the value, one of ten in a phrased answer
     (`objectives.value_start_token`)."""
+    value_rest_weight: float = Field(1.0, gt=0)
+    """Loss weight of the stored value's later answer tokens (`batched.value_token_span`)."""
     gate_lr: float | None = Field(None, gt=0)
     """Learning rate of the write gates (``beta_proj``, ``beta_bias``); None = ``lr``."""
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -530,6 +532,7 @@ class Trainer:
             attention_transfer=config.attention_transfer,
             spread=config.spread,
             value_start=config.value_start_weight,
+            value_rest=config.value_rest_weight,
         )
         result = batch_loss(
             self.handle,
@@ -562,9 +565,10 @@ class Trainer:
             or config.contrast_target
             or config.attention_transfer
             or config.value_start_weight != 1.0
+            or config.value_rest_weight != 1.0
         ):
             raise ValueError(
-                "distill, contrast_target, attention_transfer and value_start_weight need the "
+                "distill, contrast_target, attention_transfer and the value weights need the "
                 "batched path (batched=True)"
             )
         losses, nlls, gates, tokens = [], [], [], 0
