@@ -2,11 +2,11 @@
 adapter: ``python research/probe_adapter.py ADAPTER_DIR [--n 200] [--bf16]
 [--answer-form "You told me it's {answer}."] [--seed S]``.
 
-With ``--answer-form`` the NLLs (and the value's first token, ``value_start``) are also
-measured with the answers phrased as the run trained them (``in_answer_form``), as the
-trainer's own probe does. ``--seed`` draws another held-out set than the trainer's (1235): a
-run's probe picks its best step on that one set, which flatters the step; measure the chosen
-adapter again on episodes no step was chosen on."""
+With ``--answer-form`` the NLLs (and those of the value's first token, ``value_start``, and of
+its later tokens, ``value_rest``) are also measured with the answers phrased as the run trained
+them (``in_answer_form``), as the trainer's own probe does. ``--seed`` draws another held-out
+set than the trainer's (1235): a run's probe picks its best step on that one set, which
+flatters the step; measure the chosen adapter again on episodes no step was chosen on."""
 
 from __future__ import annotations
 
