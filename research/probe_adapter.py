@@ -6,17 +6,52 @@ With ``--answer-form`` the NLLs (and those of the value's first token, ``value_s
 its later tokens, ``value_rest``) are also measured with the answers phrased as the run trained
 them (``in_answer_form``), as the trainer's own probe does. ``--seed`` draws another held-out
 set than the trainer's (1235): a run's probe picks its best step on that one set, which
-flatters the step; measure the chosen adapter again on episodes no step was chosen on."""
+flatters the step; measure the chosen adapter again on episodes no step was chosen on.
+``--teacher`` adds the bare backbone with the whole history in its prompt (what the memory
+replaces): its NLL per answer token, on the value's first token and on its later tokens."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
+
+import torch
 
 from langchain_deltamem.engine import get_engine
+from langchain_deltamem.episodes import Episode
+from langchain_deltamem.training import batched
 from langchain_deltamem.training.probe import PROBE_SEED, content_probe, probe_episodes
 from langchain_deltamem.training.run import parse_answer_form
 from langchain_deltamem.training.trainer import BARE_ANSWER, in_answer_form
+
+
+def teacher_nlls(engine, episodes: Sequence[Episode], bf16: bool) -> dict[str, float]:
+    """Mean NLL of the full-history backbone: per answer token, first value token, later ones."""
+    answer, first, rest = [], [], []
+    with torch.inference_mode():
+        for start in range(0, len(episodes), 50):
+            chunk = episodes[start : start + 50]
+            full = batched.history_batch(
+                engine.tokenizer,
+                [e.history() for e in chunk],
+                [e.question for e in chunk],
+                [e.answer for e in chunk],
+            )
+            nll = batched.token_nlls(engine.handle, full, None, bf16=bf16)
+            answer += batched.per_row_mean(nll, full).tolist()
+            for row, episode in enumerate(chunk):
+                row_nll = nll[full.row_of == row]
+                span = batched.value_token_span(engine.tokenizer, episode)
+                if span is not None:
+                    first.append(float(row_nll[span[0]]))
+                    if span[1] - span[0] > 1:
+                        rest.append(float(row_nll[span[0] + 1 : span[1]].mean()))
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    return {"nll": mean(answer), "value_start": mean(first), "value_rest": mean(rest)}
 
 
 def main() -> None:
@@ -27,6 +62,7 @@ def main() -> None:
     parser.add_argument("--answer-form", type=parse_answer_form, default=BARE_ANSWER)
     parser.add_argument("--seed", type=int, default=PROBE_SEED + 1, help="held-out episode seed")
     parser.add_argument("--no-greedy", action="store_true", help="NLLs only (faster)")
+    parser.add_argument("--teacher", action="store_true", help="add the full-history backbone")
     args = parser.parse_args()
     engine = get_engine(adapter=args.adapter)
     episodes = probe_episodes(args.n, ("colour", "food"), seed=args.seed)
@@ -38,6 +74,10 @@ def main() -> None:
         result["in_answer_form"] = content_probe(
             engine.handle, engine.tokenizer, phrased, bf16=args.bf16
         )
+        if args.teacher:
+            result["in_answer_form"]["teacher"] = teacher_nlls(engine, phrased, args.bf16)
+    if args.teacher:
+        result["teacher"] = teacher_nlls(engine, episodes, args.bf16)
     print(json.dumps({"episode_seed": args.seed, **result}))
 
 
