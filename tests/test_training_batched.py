@@ -583,3 +583,55 @@ def test_greedy_hits_read_each_question_with_the_state_row_it_is_given() -> None
     ]
     hits = greedy_hits(engine.handle, engine.tokenizer, graded, states, order, batch_size=2)
     assert hits == [1.0, 1.0, 0.0]
+
+
+def test_an_msw_run_starts_from_a_single_state_adapter_and_probes_tool_results(
+    tmp_path: Path,
+) -> None:
+    from langchain_deltamem.training.probe import probe_episodes
+
+    model, _ = load_backbone()
+    single = attach(model, DeltaMemConfig(rank=4, output_init="base_slice"), seed=5)
+    before = {k: v.clone() for k, v in single.adapter_state_dict().items()}
+    save_adapter(single, tmp_path / "ssw")
+    single.detach()
+    config = TrainConfig(
+        adapter=DeltaMemConfig.for_strategy("msw", rank=4),
+        init_adapter=str(tmp_path / "ssw"),
+        steps=1,
+        batch_size=2,
+        warmup_steps=1,
+        num_facts=(1,),
+        kinds=("facts", "agent"),
+        distractors=(0, 0),
+        probe_every=1,
+        probe_n=4,
+        probe_kinds=("agent",),
+        probe_greedy=False,
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        assert trainer.handle.config.num_states == 4
+        wide = trainer.handle.adapter_state_dict()
+        k_proj = next(name for name in before if name.endswith("memory_k_proj"))
+        assert torch.equal(wide[k_proj], before[k_proj].repeat(4, 1))  # the maps, shared
+        trainer.run(progress=False)
+    finally:
+        trainer.handle.detach()
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    probe = next(r["probe"] for r in rows if "probe" in r)
+    assert probe["n"] == 4
+    # the probe's values are only in a tool's output, which MSW routes to a tool state
+    router = SourceRouter(4)
+    for episode in probe_episodes(4, None, kinds=("agent",)):
+        holders = [m for m in episode.messages if episode.answer in m.content]
+        assert holders and all(m.source.startswith("tool:") for m in holders)
+        assert all(router.state_for(m.source) >= 1 for m in holders)
+    # a state count widening cannot reach is refused by name
+    with pytest.raises(ValueError, match="single-state"):
+        Trainer(
+            config.model_copy(update={"init_adapter": str(tmp_path / "run/adapter")}).model_copy(
+                update={"adapter": DeltaMemConfig.for_strategy("msw", rank=4, num_states=8)}
+            ),
+            tmp_path / "again",
+        )

@@ -26,16 +26,20 @@ PROBE_SEED = 1234
 
 
 def probe_episodes(
-    n: int, value_types: Sequence[str] | None, seed: int = PROBE_SEED + 1
+    n: int,
+    value_types: Sequence[str] | None,
+    seed: int = PROBE_SEED + 1,
+    kinds: Sequence[str] = ("facts",),
 ) -> list[Episode]:
     """The held-out probe set (the eval command's episodes for one fact); another ``seed``
-    draws other held-out one-fact episodes of the same kind."""
+    draws other held-out one-fact episodes of the same kind. ``kinds=("agent",)`` probes tool
+    results (the value only in a tool's output), what an MSW adapter's tool states hold."""
     return generate_episodes(
         n,
         split="heldout",
         seed=seed,
         num_facts=[1],
-        kinds=["facts"],
+        kinds=list(kinds),
         distractors=(0, 0),
         value_types=value_types,
     )

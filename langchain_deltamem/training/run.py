@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from ..config import STRATEGIES, DeltaMemConfig
+from ..episodes import KINDS
 from ..writing import parse_tool_states
 from .trainer import BARE_ANSWER, TrainConfig, Trainer, check_answer_form
 
@@ -215,6 +216,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--probe-nll-only", action="store_true", help="the probe skips greedy decoding"
     )
     parser.add_argument("--probe-value-types", nargs="+", default=["colour", "food"])
+    parser.add_argument(
+        "--probe-kinds",
+        nargs="+",
+        default=["facts"],
+        choices=KINDS,
+        help="episode kinds of the probe (agent: tool results, for MSW tool states)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -281,6 +289,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         probe_n=args.probe_n,
         probe_greedy=not args.probe_nll_only,
         probe_value_types=tuple(args.probe_value_types) if args.probe_value_types else None,
+        probe_kinds=tuple(args.probe_kinds),
     )
 
 

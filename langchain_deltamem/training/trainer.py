@@ -149,6 +149,8 @@ class TrainConfig(BaseModel):
     """Every K steps, the held-out content probe (`probe`) goes into metrics.jsonl; 0 = off."""
     probe_n: int = Field(200, ge=2)
     probe_value_types: tuple[str, ...] | None = ("colour", "food")
+    probe_kinds: tuple[str, ...] = ("facts",)
+    """Episode kinds of the probe, e.g. ``("agent",)`` for tool results in MSW states."""
     probe_greedy: bool = True
     """The probe also decodes greedily with the right and the swapped state (accuracy)."""
     train: Literal["all", "write", "read"] = "all"
@@ -342,7 +344,9 @@ class Trainer:
                 stacklevel=2,
             )
         if config.init_adapter is not None:
-            self.handle = load_adapter(model, config.init_adapter)
+            # an MSW run may start from a single-state adapter: its maps shared by the states
+            widen = config.adapter.num_states if config.adapter.num_states > 1 else None
+            self.handle = load_adapter(model, config.init_adapter, num_states=widen)
         else:
             self.handle = attach(model, config.adapter, seed=config.seed)
             fresh = not (self.out / CHECKPOINT_DIR / "trainer.json").exists()
@@ -617,7 +621,9 @@ class Trainer:
     def probe(self) -> dict[str, Any]:
         """The held-out content probe (`probe.content_probe`) on the current adapter."""
         if self._probe_set is None:
-            self._probe_set = probe_episodes(self.config.probe_n, self.config.probe_value_types)
+            self._probe_set = probe_episodes(
+                self.config.probe_n, self.config.probe_value_types, kinds=self.config.probe_kinds
+            )
         result = content_probe(
             self.handle,
             self.tokenizer,
