@@ -21,7 +21,12 @@ import torch
 from langchain_deltamem.engine import get_engine
 from langchain_deltamem.episodes import Episode
 from langchain_deltamem.training import batched
-from langchain_deltamem.training.probe import PROBE_SEED, content_probe, probe_episodes
+from langchain_deltamem.training.probe import (
+    PROBE_SEED,
+    content_probe,
+    probe_episodes,
+    value_indices,
+)
 from langchain_deltamem.training.run import parse_answer_form
 from langchain_deltamem.training.trainer import BARE_ANSWER, in_answer_form
 
@@ -40,13 +45,9 @@ def teacher_nlls(engine, episodes: Sequence[Episode], bf16: bool) -> dict[str, f
             )
             nll = batched.token_nlls(engine.handle, full, None, bf16=bf16)
             answer += batched.per_row_mean(nll, full).tolist()
-            for row, episode in enumerate(chunk):
-                row_nll = nll[full.row_of == row]
-                span = batched.value_token_span(engine.tokenizer, episode)
-                if span is not None:
-                    first.append(float(row_nll[span[0]]))
-                    if span[1] - span[0] > 1:
-                        rest.append(float(row_nll[span[0] + 1 : span[1]].mean()))
+            firsts, rests = value_indices(engine.tokenizer, chunk, full)
+            first += [float(nll[i]) for i in firsts.tolist() if i >= 0]
+            rest += [float(nll[indices].mean()) for indices in rests if len(indices)]
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")

@@ -84,7 +84,7 @@ def content_probe(
             reads = batched.question_batch(
                 tokenizer, [e.question for e in chunk], [e.answer for e in chunk], system_prompt
             )
-            first, rest = _value_indices(tokenizer, chunk, reads)
+            first, rest = value_indices(tokenizer, chunk, reads)
             empty = handle.new_state(len(rows))
             for name, state, out in (
                 ("right", batched.permuted(every, rows), right),
@@ -115,7 +115,7 @@ def content_probe(
     }
 
 
-def _value_indices(
+def value_indices(
     tokenizer: object, episodes: Sequence[Episode], reads: batched.ScoredBatch
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per row, the scored-token index of the value's first token (−1 where unknown) and the
