@@ -629,9 +629,9 @@ def test_an_msw_run_starts_from_a_single_state_adapter_and_probes_tool_results(
         assert all(router.state_for(m.source) >= 1 for m in holders)
     # a state count widening cannot reach is refused by name
     with pytest.raises(ValueError, match="single-state"):
+        wider = DeltaMemConfig.for_strategy("msw", rank=4, num_states=8)
+        four_states = str(tmp_path / "run/adapter")
         Trainer(
-            config.model_copy(update={"init_adapter": str(tmp_path / "run/adapter")}).model_copy(
-                update={"adapter": DeltaMemConfig.for_strategy("msw", rank=4, num_states=8)}
-            ),
+            config.model_copy(update={"init_adapter": four_states, "adapter": wider}),
             tmp_path / "again",
         )
